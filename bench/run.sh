@@ -1,0 +1,507 @@
+#!/usr/bin/env bash
+# pgveil benchmark: direct PostgreSQL vs pgbouncer vs pgveil on this machine.
+#
+# Starts a throwaway PostgreSQL, pgbouncer (session pooling) and pgveil on
+# free loopback ports, runs read-only pgbench workloads and a bulk read in
+# interleaved rounds, and prints the median of each. See bench/README.md.
+#
+# Environment:
+#   DURATION=10      seconds per pgbench run
+#   ROUNDS=3         rounds; each round runs every workload on every target
+#   BULK_REPS=3      bulk reads per target per round
+#   QUICK=1          shorthand for DURATION=3 ROUNDS=1 BULK_REPS=1
+#   SCALE=10         pgbench scale factor
+#   TARGETS="direct pgbouncer pgveil"   arms to run (any subset)
+#   PGVEIL_BIN       pgveil binary (default target/release/pgveil, built
+#                    with cargo if missing)
+#   PGBIN            PostgreSQL server binaries (default: pg_config --bindir,
+#                    then /usr/lib/postgresql/15/bin)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO_ROOT=$(pwd)
+
+# ---------------------------------------------------------------- settings
+if [[ "${QUICK:-0}" == 1 ]]; then
+    DURATION=${DURATION:-3}
+    ROUNDS=${ROUNDS:-1}
+    BULK_REPS=${BULK_REPS:-1}
+else
+    DURATION=${DURATION:-10}
+    ROUNDS=${ROUNDS:-3}
+    BULK_REPS=${BULK_REPS:-3}
+fi
+SCALE=${SCALE:-10}
+TARGETS=${TARGETS:-"direct pgbouncer pgveil"}
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+log() { echo "bench: $(date -u +%H:%M:%S) $*" >&2; }
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+is_uint "$DURATION" && (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION must be 1..600 seconds"
+is_uint "$ROUNDS" && (( ROUNDS >= 1 && ROUNDS <= 50 )) || die "ROUNDS must be 1..50"
+is_uint "$BULK_REPS" && (( BULK_REPS >= 1 && BULK_REPS <= 20 )) || die "BULK_REPS must be 1..20"
+is_uint "$SCALE" && (( SCALE >= 1 && SCALE <= 1000 )) || die "SCALE must be 1..1000"
+
+want() { [[ " $TARGETS " == *" $1 "* ]]; }
+for t in $TARGETS; do
+    case "$t" in direct|pgbouncer|pgveil) ;; *) die "unknown target '$t' (use direct, pgbouncer, pgveil)" ;; esac
+done
+ARMS=()
+for t in direct pgbouncer pgveil; do
+    if want "$t"; then ARMS+=("$t"); fi
+done
+(( ${#ARMS[@]} > 0 )) || die "TARGETS is empty"
+
+# PostgreSQL binaries: $PGBIN, else pg_config --bindir, else the Debian path.
+find_pgbin() {
+    local c
+    for c in "${PGBIN:-}" "$(pg_config --bindir 2>/dev/null || true)" /usr/lib/postgresql/15/bin; do
+        if [[ -n "$c" && -x "$c/initdb" && -x "$c/postgres" && -x "$c/pgbench" ]]; then
+            echo "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+PGBIN=$(find_pgbin) || die "PostgreSQL server binaries not found (set PGBIN)"
+PSQL="$PGBIN/psql"
+[[ -x "$PSQL" ]] || PSQL=$(command -v psql) || die "psql not found"
+PGBENCH="$PGBIN/pgbench"
+
+# Only the connection settings given on each command line may apply.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGOPTIONS PGSERVICE PGPASSWORD PGAPPNAME
+export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10
+
+# ------------------------------------------------------- process tracking
+TMP=""
+PIDS=()       # processes to stop, in start order
+SIGS=()       # signal that shuts each one down cleanly
+WRAPPERS=()   # runuser/sh wrappers to reap
+NAMES=()
+
+cleanup() {
+    local rc=$? i pid n
+    set +e
+    trap - EXIT INT TERM
+    for (( i = ${#PIDS[@]} - 1; i >= 0; i-- )); do
+        pid=${PIDS[$i]}
+        if kill -0 "$pid" 2>/dev/null; then
+            log "stopping ${NAMES[$i]} (pid $pid)"
+            kill "-${SIGS[$i]}" "$pid" 2>/dev/null
+            for (( n = 0; n < 150; n++ )); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            if kill -0 "$pid" 2>/dev/null; then
+                log "${NAMES[$i]} (pid $pid) did not stop in 15 s, killing it"
+                kill -KILL "$pid" 2>/dev/null
+            fi
+        fi
+    done
+    for pid in "${WRAPPERS[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    if [[ -n "$TMP" && -d "$TMP" ]]; then
+        rm -rf -- "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+IS_ROOT=0
+[[ "$(id -u)" == 0 ]] && IS_ROOT=1
+
+# Run a command as the postgres OS user when we are root (PostgreSQL and
+# pgbouncer refuse to run as root); as ourselves otherwise.
+as_pg() {
+    if (( IS_ROOT )); then
+        if command -v runuser >/dev/null; then
+            runuser -u postgres -- "$@"
+        else
+            su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+        fi
+    else
+        "$@"
+    fi
+}
+
+# start_bg NAME SIGNAL AS_PG(0|1) LOGFILE CMD...
+# Starts CMD in the background. The inner shell writes its own PID and then
+# execs CMD, so the recorded PID is the server itself, not a wrapper.
+start_bg() {
+    local name=$1 sig=$2 aspg=$3 logfile=$4 pidfile n pid
+    shift 4
+    pidfile="$TMP/$name.pid"
+    rm -f "$pidfile"
+    if (( aspg )); then
+        as_pg sh -c 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" >"$logfile" 2>&1 &
+    else
+        sh -c 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" >"$logfile" 2>&1 &
+    fi
+    WRAPPERS+=("$!")
+    for (( n = 0; n < 100; n++ )); do
+        [[ -s "$pidfile" ]] && break
+        sleep 0.1
+    done
+    [[ -s "$pidfile" ]] || die "$name did not start (see $logfile)"
+    pid=$(cat "$pidfile")
+    PIDS+=("$pid")
+    SIGS+=("$sig")
+    NAMES+=("$name")
+    STARTED_PID=$pid
+}
+
+port_open() {
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
+# free_port: sets FREE_PORT to a loopback port nobody listens on and that
+# this script has not handed out yet.
+USED_PORTS=" "
+FREE_PORT=""
+free_port() {
+    local n p
+    for (( n = 0; n < 200; n++ )); do
+        p=$(( 20000 + RANDOM % 30000 ))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        if ! port_open "$p"; then
+            USED_PORTS+="$p "
+            FREE_PORT=$p
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}
+
+# wait_port NAME PID PORT LOGFILE: up to 100 x 0.1 s for PORT to accept.
+wait_port() {
+    local name=$1 pid=$2 port=$3 logfile=$4 n
+    for (( n = 0; n < 100; n++ )); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$logfile" >&2 || true
+            die "$name exited during startup"
+        fi
+        port_open "$port" && return 0
+        sleep 0.1
+    done
+    tail -n 20 "$logfile" >&2 || true
+    die "$name did not accept connections on 127.0.0.1:$port within 10 s"
+}
+
+# ------------------------------------------------------------------ pgveil
+PGVEIL_BIN=${PGVEIL_BIN:-target/release/pgveil}
+if want pgveil && [[ ! -x "$PGVEIL_BIN" ]]; then
+    [[ "$PGVEIL_BIN" == target/release/pgveil ]] || die "PGVEIL_BIN=$PGVEIL_BIN is not executable"
+    command -v cargo >/dev/null || die "target/release/pgveil is missing and cargo is not installed"
+    log "target/release/pgveil is missing: building it (cargo build --release)"
+    cargo build --release >&2
+    [[ -x "$PGVEIL_BIN" ]] || die "cargo build --release did not produce $PGVEIL_BIN"
+fi
+PGBOUNCER=""
+if want pgbouncer; then
+    PGBOUNCER=$(command -v pgbouncer) || die "pgbouncer not installed (apt-get install -y pgbouncer)"
+fi
+
+# -------------------------------------------------------------- PostgreSQL
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/pgveil-bench.XXXXXX")
+chmod 755 "$TMP"
+if (( IS_ROOT )); then
+    chown postgres: "$TMP"
+fi
+export PGPASSFILE="$TMP/no-such-pgpass"   # ignore any ~/.pgpass
+
+free_port; PGPORT_=$FREE_PORT
+ROLE=bench_user
+PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+
+log "initdb ($PGBIN)"
+as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --no-locale >"$TMP/initdb.log" 2>&1 \
+    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+as_pg sh -c 'cat > "$0/pg_hba.conf"' "$TMP/data" <<'EOF'
+local all all                trust
+host  all all 127.0.0.1/32   scram-sha-256
+EOF
+
+log "starting PostgreSQL on 127.0.0.1:$PGPORT_"
+start_bg postgres INT 1 "$TMP/postgres.log" "$PGBIN/postgres" -D "$TMP/data" \
+    -c listen_addresses=127.0.0.1 -c port="$PGPORT_" -c unix_socket_directories="$TMP" \
+    -c max_connections=100 -c shared_buffers=512MB -c password_encryption=scram-sha-256 \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+    -c logging_collector=off -c log_min_messages=warning
+PG_PID=$STARTED_PID
+ready=0
+for (( n = 0; n < 300; n++ )); do
+    kill -0 "$PG_PID" 2>/dev/null || { tail -n 20 "$TMP/postgres.log" >&2; die "postgres exited"; }
+    if "$PSQL" -X -q -h "$TMP" -p "$PGPORT_" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1; then
+        ready=1
+        break
+    fi
+    sleep 0.1
+done
+(( ready )) || die "PostgreSQL did not become ready in 30 s"
+
+su_sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PGPORT_" -U postgres -d postgres "$@"; }
+su_sql -v role="$ROLE" -v pw="$PASSWORD" <<'EOF'
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE :"role" LOGIN PASSWORD :'pw';
+CREATE DATABASE bench OWNER :"role";
+EOF
+
+log "pgbench -i -s $SCALE"
+"$PGBENCH" -i -s "$SCALE" -q -h "$TMP" -p "$PGPORT_" -U "$ROLE" bench >"$TMP/pgbench-init.log" 2>&1 \
+    || { tail -n 20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+log "loading testdata/bulk.sql"
+"$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PGPORT_" -U "$ROLE" -d bench -f testdata/bulk.sql >/dev/null
+"$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$TMP" -p "$PGPORT_" -U "$ROLE" -d bench -c 'VACUUM (FREEZE, ANALYZE) bulk_people'
+BULK_ROWS=$("$PSQL" -X -At -h "$TMP" -p "$PGPORT_" -U "$ROLE" -d bench -c 'SELECT count(*) FROM bulk_people')
+
+declare -A PORT USER_ PASS
+PORT[direct]=$PGPORT_; USER_[direct]=$ROLE; PASS[direct]=$PASSWORD
+
+# --------------------------------------------------------------- pgbouncer
+if want pgbouncer; then
+    free_port; BPORT=$FREE_PORT
+    as_pg sh -c 'umask 077 && cat > "$0"' "$TMP/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PGPORT_ dbname=bench user=$ROLE password=$PASSWORD
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BPORT
+unix_socket_dir =
+auth_type = any
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+server_tls_sslmode = disable
+client_tls_sslmode = disable
+ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
+EOF
+    log "starting pgbouncer on 127.0.0.1:$BPORT"
+    start_bg pgbouncer TERM 1 "$TMP/pgbouncer.log" "$PGBOUNCER" "$TMP/pgbouncer.ini"
+    wait_port pgbouncer "$STARTED_PID" "$BPORT" "$TMP/pgbouncer.log"
+    PORT[pgbouncer]=$BPORT; USER_[pgbouncer]=bench_client; PASS[pgbouncer]=""
+fi
+
+# ------------------------------------------------------------------ pgveil
+if want pgveil; then
+    free_port; VPORT=$FREE_PORT
+    cat >"$TMP/pgveil.toml" <<EOF
+listen = ["127.0.0.1:$VPORT"]
+
+[server]
+address = "127.0.0.1:$PGPORT_"
+user = "$ROLE"
+password_env = "PGVEIL_SERVER_PASSWORD"
+tls = "disable"
+
+[auth]
+method = "trust"
+EOF
+    log "starting pgveil on 127.0.0.1:$VPORT ($PGVEIL_BIN)"
+    export PGVEIL_SERVER_PASSWORD="$PASSWORD" RUST_LOG="${RUST_LOG:-warn}"
+    start_bg pgveil TERM 0 "$TMP/pgveil.log" "$PGVEIL_BIN" serve --config "$TMP/pgveil.toml"
+    wait_port pgveil "$STARTED_PID" "$VPORT" "$TMP/pgveil.log"
+    PORT[pgveil]=$VPORT; USER_[pgveil]=bench_client; PASS[pgveil]=""
+fi
+
+# Run a client command against target $1 (host, port and user go on the
+# command line; the password, if any, through the environment).
+client_env() {
+    local t=$1
+    shift
+    if [[ -n "${PASS[$t]}" ]]; then
+        env PGPASSWORD="${PASS[$t]}" "$@"
+    else
+        "$@"
+    fi
+}
+
+for t in "${ARMS[@]}"; do
+    got=$(client_env "$t" "$PSQL" -X -At -h 127.0.0.1 -p "${PORT[$t]}" -U "${USER_[$t]}" -d bench \
+        -c 'SELECT count(*) FROM pgbench_branches') || die "cannot query through $t"
+    [[ "$got" == "$SCALE" ]] || die "unexpected answer through $t: $got"
+done
+
+# --------------------------------------------------------------- workloads
+WORKLOADS=(
+    "S simple c8 j2"
+    "S extended c8 j2"
+    "S prepared c8 j2"
+    "S simple c1 j1"
+    "S extended c1 j1"
+    "S prepared c1 j1"
+)
+BULK_LABEL="bulk SELECT * ($BULK_ROWS rows)"
+
+declare -A SAMPLES
+FAILURES=0
+RAW="$TMP/raw.txt"
+: >"$RAW"
+
+run_pgbench() {   # target "S mode cN jM" -> prints TPS
+    local t=$1 wl=$2 mode c j out
+    read -r _ mode c j <<<"$wl"
+    c=${c#c}; j=${j#j}
+    out=$(client_env "$t" timeout --foreground $(( DURATION + 60 )) "$PGBENCH" -h 127.0.0.1 -p "${PORT[$t]}" \
+        -U "${USER_[$t]}" -S -n -T "$DURATION" -c "$c" -j "$j" -M "$mode" bench 2>&1) || {
+        echo "$out" | tail -n 5 >&2
+        return 1
+    }
+    awk '/^tps = / { print $3; found = 1; exit } END { if (!found) exit 1 }' <<<"$out"
+}
+
+run_bulk() {      # target -> prints rows/s
+    local t=$1 t0 t1
+    t0=$(date +%s%N)
+    client_env "$t" timeout --foreground 600 "$PSQL" -X -q -A -t -h 127.0.0.1 -p "${PORT[$t]}" -U "${USER_[$t]}" \
+        -d bench -c 'SELECT * FROM bulk_people' -o /dev/null || return 1
+    t1=$(date +%s%N)
+    awk -v r="$BULK_ROWS" -v ns="$(( t1 - t0 ))" 'BEGIN { printf "%.0f\n", r / (ns / 1e9) }'
+}
+
+record() {        # workload target value
+    SAMPLES["$1|$2"]+="$3 "
+    printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"
+}
+
+alive() {         # is target's process (if any) still running?
+    local i
+    for i in "${!NAMES[@]}"; do
+        if [[ "${NAMES[$i]}" == "$1" ]]; then
+            kill -0 "${PIDS[$i]}" 2>/dev/null
+            return
+        fi
+    done
+    return 0
+}
+
+measure() {       # workload target
+    local wl=$1 t=$2 v
+    if ! alive "$t"; then
+        log "  $t is no longer running; skipping"
+        FAILURES=$(( FAILURES + 1 ))
+        return
+    fi
+    if [[ "$wl" == "$BULK_LABEL" ]]; then
+        v=$(run_bulk "$t") || v=""
+    else
+        v=$(run_pgbench "$t" "$wl") || v=""
+    fi
+    if [[ -z "$v" ]]; then
+        log "  $t: $wl FAILED"
+        FAILURES=$(( FAILURES + 1 ))
+        return
+    fi
+    log "  $t: $wl -> $v"
+    record "$wl" "$t" "$v"
+}
+
+log "warm-up"
+for t in "${ARMS[@]}"; do
+    client_env "$t" timeout --foreground 60 "$PGBENCH" -h 127.0.0.1 -p "${PORT[$t]}" -U "${USER_[$t]}" \
+        -S -n -T 2 -c 8 -j 2 bench >/dev/null 2>&1 || log "warm-up through $t failed"
+done
+run_bulk "${ARMS[0]}" >/dev/null || true
+
+total_runs=$(( ROUNDS * ${#ARMS[@]} * (${#WORKLOADS[@]} + BULK_REPS) ))
+approx=$(( ROUNDS * ${#ARMS[@]} * ${#WORKLOADS[@]} * DURATION ))
+log "targets: ${ARMS[*]}; $ROUNDS round(s) x ${#WORKLOADS[@]} pgbench workloads x ${DURATION}s + bulk x $BULK_REPS ($total_runs runs, ~${approx}s of pgbench)"
+
+for (( r = 1; r <= ROUNDS; r++ )); do
+    log "round $r/$ROUNDS"
+    for wl in "${WORKLOADS[@]}"; do
+        for t in "${ARMS[@]}"; do
+            measure "$wl" "$t"
+        done
+    done
+    for (( b = 1; b <= BULK_REPS; b++ )); do
+        for t in "${ARMS[@]}"; do
+            measure "$BULK_LABEL" "$t"
+        done
+    done
+done
+
+# ------------------------------------------------------------------ report
+median() {
+    tr ' ' '\n' | awk 'NF' | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) exit
+            if (NR % 2) printf "%.1f\n", v[(NR + 1) / 2]
+            else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+ratio() {
+    if [[ -n "$1" && -n "$2" ]]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else printf "-" }'
+    else
+        printf -- "-"
+    fi
+}
+fmt() { if [[ -n "$1" ]]; then printf "%.0f" "$1"; else printf -- "-"; fi; }
+
+pg_version=$("$PGBIN/postgres" --version)
+bouncer_version=$( { ${PGBOUNCER:-false} --version 2>/dev/null || true; } | head -n 1)
+veil_version=""
+if want pgveil; then
+    veil_version=$( { "$PGVEIL_BIN" --version 2>/dev/null || true; } | head -n 1)
+fi
+commit=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+REPORT="$TMP/report.txt"
+{
+    echo "pgveil benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit"
+    echo "machine: $(nproc) cores; $pg_version; ${bouncer_version:-pgbouncer n/a}; ${veil_version:-pgveil n/a}"
+    echo "targets: ${ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE; medians"
+    echo "pgbench rows: TPS (pgbench -S -n -M mode -c N -j M); bulk row: rows/s (psql -A -t, output to /dev/null)"
+    echo
+    printf '%-36s | %12s | %14s | %12s | %14s | %17s\n' \
+        workload "direct" "pgbouncer" "pgveil" "pgveil/direct" "pgveil/pgbouncer"
+    printf '%s\n' "-------------------------------------+--------------+----------------+--------------+----------------+------------------"
+    verdict=""
+    for wl in "${WORKLOADS[@]}" "$BULK_LABEL"; do
+        d=$(median <<<"${SAMPLES["$wl|direct"]:-}")
+        b=$(median <<<"${SAMPLES["$wl|pgbouncer"]:-}")
+        v=$(median <<<"${SAMPLES["$wl|pgveil"]:-}")
+        if [[ "$wl" == "$BULK_LABEL" ]]; then
+            label="$wl"
+        else
+            read -r _ mode c j <<<"$wl"
+            label="pgbench -S -M $mode -c ${c#c} -j ${j#j}"
+        fi
+        printf '%-36s | %12s | %14s | %12s | %14s | %17s\n' "$label" "$(fmt "$d")" "$(fmt "$b")" "$(fmt "$v")" \
+            "$(ratio "$v" "$d")" "$(ratio "$v" "$b")"
+        if [[ -n "$v" ]]; then
+            if [[ "$wl" == "$BULK_LABEL" ]]; then
+                [[ -n "$d" ]] && verdict+=$(awk -v a="$v" -v b="$d" -v l="$label" \
+                    'BEGIN { printf "%s: pgveil/direct %.2fx (target >= 0.95x) %s\n", l, a / b, (a >= 0.95 * b ? "ok" : "MISSED") }')$'\n'
+            else
+                [[ -n "$b" ]] && verdict+=$(awk -v a="$v" -v b="$b" -v l="$label" \
+                    'BEGIN { printf "%s: pgveil/pgbouncer %.2fx (target >= 1.10x) %s\n", l, a / b, (a >= 1.1 * b ? "ok" : "MISSED") }')$'\n'
+            fi
+        fi
+    done
+    if [[ -n "$verdict" ]]; then
+        echo
+        printf '%s' "$verdict"
+    fi
+    if (( FAILURES > 0 )); then
+        echo
+        echo "WARNING: $FAILURES run(s) failed; their medians use the remaining samples"
+    fi
+} >"$REPORT"
+
+mkdir -p bench/results
+cp "$REPORT" bench/results/latest.txt
+cp "$RAW" bench/results/latest-raw.tsv
+echo
+cat "$REPORT"
+echo
+log "wrote bench/results/latest.txt (raw samples: bench/results/latest-raw.tsv)"
+(( FAILURES == 0 ))

@@ -1,0 +1,361 @@
+//! Configuration: one TOML file, read once at start.
+//!
+//! Unknown keys are refused so that a typo never silently falls back to a
+//! default. Every error names the file and the key. Secrets (the server
+//! password) are never inline: the file names an environment variable or a
+//! file that holds them. Each key is documented in README.md.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default largest message accepted from a client.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Default limit on concurrent client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Default time a client has to complete TLS, startup and authentication.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time to connect and log in to the server.
+pub const DEFAULT_SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value parsed but cannot be used.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// Dotted key path.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept clients on.
+    pub listen: Vec<SocketAddr>,
+    /// TLS towards clients; absent means clients are answered 'N' to SSLRequest.
+    pub tls: Option<TlsConfig>,
+    /// The real PostgreSQL server.
+    pub server: ServerConfig,
+    /// How clients prove who they are.
+    pub auth: AuthConfig,
+    /// Size and count limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// `[tls]`: the certificate pgveil shows to clients.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Refuse clients that do not ask for TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// `[server]`: where the real database is and how pgveil logs in to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port` of the server.
+    pub address: String,
+    /// Role pgveil logs in as.
+    pub user: String,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// Database names offered to clients, mapped to server database names.
+    /// Empty: the client's database name passes through unchanged.
+    #[serde(default)]
+    pub databases: BTreeMap<String, String>,
+    /// TLS towards the server.
+    #[serde(default)]
+    pub tls: ServerTlsMode,
+    /// CA bundle for `verify-full`; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the server certificate; the host of `address` when absent.
+    pub server_name: Option<String>,
+}
+
+/// How pgveil secures its connection to the server (libpq's sslmode names).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without verification.
+    #[default]
+    Prefer,
+    /// TLS or fail, without verification of the certificate.
+    Require,
+    /// TLS with the chain verified against the CA and the host name checked.
+    VerifyFull,
+}
+
+/// `[auth]`: how clients are authenticated.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The method.
+    pub method: AuthMethod,
+}
+
+/// Authentication methods.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// Development only: the startup user name is taken on trust. Allowed
+    /// only when every listen address is loopback.
+    Trust,
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted from a client, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent client connections; more are refused with 53300.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// `[timeouts]`, written as human-readable durations ("10s", "1m 30s").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time a client has for TLS, startup and authentication.
+    #[serde(with = "humantime_serde")]
+    pub startup: Duration,
+    /// Time to connect and log in to the server.
+    #[serde(with = "humantime_serde")]
+    pub server_connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            startup: DEFAULT_STARTUP_TIMEOUT,
+            server_connect: DEFAULT_SERVER_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// A secret value: never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed"));
+        }
+        if self.auth.method == AuthMethod::Trust
+            && !self.listen.iter().all(|a| a.ip().is_loopback())
+        {
+            return Err(invalid(
+                "auth.method",
+                "\"trust\" is for development and needs every listen address to be loopback",
+            ));
+        }
+        if self.server.password_env.is_some() && self.server.password_file.is_some() {
+            return Err(invalid(
+                "server.password_env",
+                "give either password_env or password_file, not both",
+            ));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(invalid("limits.max_message_bytes", "must be at least 1024"));
+        }
+        if self.server.address.rsplit_once(':').is_none() {
+            return Err(invalid("server.address", "expected host:port"));
+        }
+        Ok(())
+    }
+
+    /// Resolves the server password from the environment or its file.
+    /// `None` when neither is configured (trust on the server side).
+    pub fn server_password(&self, path: &Path) -> Result<Option<Secret>, ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if let Some(var) = &self.server.password_env {
+            return match std::env::var(var) {
+                Ok(value) => Ok(Some(Secret::new(value))),
+                Err(_) => Err(invalid(
+                    "server.password_env",
+                    format!("environment variable {var} is not set"),
+                )),
+            };
+        }
+        if let Some(file) = &self.server.password_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "server.password_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            return Ok(Some(Secret::new(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Maps a client's database name to the server's, or `None` if not offered.
+    pub fn server_database<'a>(&'a self, requested: &'a str) -> Option<&'a str> {
+        if self.server.databases.is_empty() {
+            return Some(requested);
+        }
+        self.server.databases.get(requested).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen = ["127.0.0.1:6432"]
+[server]
+address = "127.0.0.1:5432"
+user = "pgveil"
+[auth]
+method = "trust"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("pgveil.toml"))
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.timeouts.startup, DEFAULT_STARTUP_TIMEOUT);
+        assert_eq!(config.server.tls, ServerTlsMode::Prefer);
+        assert_eq!(config.server_database("app"), Some("app"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = parse(&MINIMAL.replace("user = ", "usr = "))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pgveil.toml"), "{err}");
+        assert!(err.contains("usr"), "{err}");
+    }
+
+    #[test]
+    fn trust_refused_off_loopback() {
+        let err = parse(&MINIMAL.replace("127.0.0.1:6432", "0.0.0.0:6432")).unwrap_err();
+        assert!(err.to_string().contains("auth.method"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let text = format!("{MINIMAL}\n[timeouts]\nstartup = \"1m 30s\"\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.timeouts.startup, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn database_map_restricts_names() {
+        let text = MINIMAL.replace(
+            "user = \"pgveil\"",
+            "user = \"pgveil\"\ndatabases = { app = \"prod\" }",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.server_database("app"), Some("prod"));
+        assert_eq!(config.server_database("other"), None);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2".into())), "[redacted]");
+    }
+}

@@ -1,0 +1,530 @@
+//! The client side: listeners, the startup phase, authentication, and the
+//! hand-over to the relay.
+//!
+//! Each accepted connection runs in its own task under one tracing span
+//! (session id and peer; user and database filled in after startup). The
+//! startup phase answers SSLRequest with TLS or 'N', GSSENCRequest with 'N',
+//! passes CancelRequest on to the server under the server's own key, and
+//! answers a StartupMessage that asks for a newer minor protocol version with
+//! NegotiateProtocolVersion, as PostgreSQL does. Only then is the client
+//! authenticated and a server connection opened with pgveil's credential.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::audit::Audit;
+use crate::backend::{BackendError, ServerTarget};
+use crate::cancel::{CancelRegistry, Key};
+use crate::config::{AuthMethod, Config};
+use crate::net::Stream;
+use crate::policy::Policy;
+use crate::relay::{self, RelayContext};
+use crate::session::{AuthKind, Identity, SessionInfo};
+use crate::wire::{self, sqlstate, FrameError, Severity, SqlState, StartupPacket};
+
+/// Startup parameters that pgveil sets itself or does not pass on.
+const RESERVED_PARAMS: [&str; 3] = ["user", "database", "replication"];
+/// Packets a client may send before its StartupMessage (SSLRequest, GSSENCRequest).
+const MAX_PRELUDE_PACKETS: usize = 3;
+/// Newest minor version of protocol 3 that pgveil speaks.
+const PROTOCOL_MINOR: u16 = 0;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Target(#[from] crate::backend::TargetError),
+    /// Client TLS set-up problem.
+    #[error("client TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A refusal during startup: the client gets a FATAL ErrorResponse.
+#[derive(Debug)]
+struct Refusal {
+    code: SqlState,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: SqlState, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FrameError> for Refusal {
+    fn from(e: FrameError) -> Self {
+        Self::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid startup packet: {e}"),
+        )
+    }
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("connection error during startup: {e}"),
+        )
+    }
+}
+
+/// The running gateway: configuration and everything sessions share.
+pub struct Gateway {
+    config: Config,
+    acceptor: Option<TlsAcceptor>,
+    target: ServerTarget,
+    cancels: CancelRegistry,
+    policy: Policy,
+    audit: Audit,
+    slots: Arc<Semaphore>,
+}
+
+/// What the client asked for in its first packets.
+enum Hello {
+    Cancel(Key),
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
+}
+
+impl Gateway {
+    /// Builds the gateway from a validated configuration.
+    pub fn new(config: Config, path: &Path) -> Result<Self, StartError> {
+        let acceptor = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+        let target = ServerTarget::from_config(&config, path)?;
+        let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        Ok(Self {
+            config,
+            acceptor,
+            target,
+            cancels: CancelRegistry::default(),
+            policy: Policy::allow_all(),
+            audit: Audit,
+            slots,
+        })
+    }
+
+    /// The server target, for `pgveil check`.
+    pub fn target(&self) -> &ServerTarget {
+        &self.target
+    }
+
+    /// Binds every listen address; fails if any cannot be bound.
+    pub async fn bind(&self) -> Result<Vec<TcpListener>, StartError> {
+        let mut listeners = Vec::new();
+        for &addr in &self.config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            tracing::info!(%addr, "listening");
+            listeners.push(listener);
+        }
+        Ok(listeners)
+    }
+
+    /// Accepts clients on `listeners` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for listener in listeners {
+            tasks.spawn(self.clone().accept_loop(listener));
+        }
+        shutdown.await;
+        tracing::info!("shutting down");
+        tasks.abort_all();
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let gateway = self.clone();
+                    let id = Uuid::now_v7();
+                    let span = tracing::info_span!(
+                        "session",
+                        id = %id,
+                        peer = %peer,
+                        user = tracing::field::Empty,
+                        database = tracing::field::Empty,
+                    );
+                    tokio::spawn(gateway.handle(tcp, peer, id).instrument(span));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one client connection from accept to close.
+    async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, id: Uuid) {
+        let _ = tcp.set_nodelay(true);
+        let mut slot = Some(Stream::Plain(tcp));
+        let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
+            let refusal = Refusal::new(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            );
+            refuse(&mut slot, &refusal).await;
+            return;
+        };
+        let mut buf = BytesMut::with_capacity(1024);
+        let limit = self.config.timeouts.startup;
+        let hello = match tokio::time::timeout(limit, self.hello(&mut slot, &mut buf)).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(refusal)) => return refuse(&mut slot, &refusal).await,
+            Err(_) => {
+                let refusal = Refusal::new(
+                    sqlstate::QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                );
+                return refuse(&mut slot, &refusal).await;
+            }
+        };
+        let Some(stream) = slot.take() else { return };
+        match hello {
+            Hello::Cancel(key) => self.cancel(key).await,
+            Hello::Startup { minor, params } => {
+                self.start_session(stream, buf, peer, id, minor, params)
+                    .await;
+            }
+        }
+    }
+
+    /// Reads packets until a StartupMessage or CancelRequest, answering
+    /// SSLRequest and GSSENCRequest on the way.
+    async fn hello(&self, slot: &mut Option<Stream>, buf: &mut BytesMut) -> Result<Hello, Refusal> {
+        for _ in 0..MAX_PRELUDE_PACKETS {
+            let packet = read_startup_packet(slot, buf).await?;
+            match packet {
+                StartupPacket::SslRequest => self.start_tls(slot, buf).await?,
+                StartupPacket::GssEncRequest => {
+                    reject_buffered_plaintext(buf)?;
+                    write_raw(slot, b"N").await?;
+                }
+                StartupPacket::CancelRequest {
+                    process_id,
+                    secret_key,
+                } => {
+                    return Ok(Hello::Cancel(Key {
+                        process_id,
+                        secret_key,
+                    }))
+                }
+                StartupPacket::Startup {
+                    major,
+                    minor,
+                    params,
+                } => {
+                    if major != 3 {
+                        return Err(Refusal::new(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.{PROTOCOL_MINOR}"),
+                        ));
+                    }
+                    let is_tls = matches!(slot, Some(Stream::Tls(_)));
+                    if !is_tls && self.config.tls.as_ref().is_some_and(|t| t.required) {
+                        return Err(Refusal::new(
+                            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                            "pgveil requires TLS: connect with sslmode=require or stronger",
+                        ));
+                    }
+                    return Ok(Hello::Startup { minor, params });
+                }
+            }
+        }
+        Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "too many startup requests",
+        ))
+    }
+
+    /// Answers an SSLRequest: 'S' and a TLS handshake, or 'N'.
+    async fn start_tls(
+        &self,
+        slot: &mut Option<Stream>,
+        buf: &mut BytesMut,
+    ) -> Result<(), Refusal> {
+        if matches!(slot, Some(Stream::Tls(_))) {
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "SSLRequest inside TLS",
+            ));
+        }
+        // Bytes sent after SSLRequest but before the handshake would be read
+        // as if they came over TLS: refuse them, as PostgreSQL does.
+        reject_buffered_plaintext(buf)?;
+        let Some(acceptor) = &self.acceptor else {
+            return write_raw(slot, b"N").await;
+        };
+        write_raw(slot, b"S").await?;
+        let Some(Stream::Plain(tcp)) = slot.take() else {
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "connection lost",
+            ));
+        };
+        let tls = acceptor.accept(tcp).await.map_err(|e| {
+            Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("TLS handshake failed: {e}"),
+            )
+        })?;
+        *slot = Some(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))));
+        Ok(())
+    }
+
+    /// Passes a CancelRequest on under the server's key, if the key is live.
+    async fn cancel(&self, key: Key) {
+        let Some(server_key) = self.cancels.lookup(key) else {
+            tracing::info!("cancel request with an unknown key ignored");
+            return;
+        };
+        match self
+            .target
+            .cancel(server_key.process_id, server_key.secret_key)
+            .await
+        {
+            Ok(()) => tracing::info!("cancel request passed to the server"),
+            Err(e) => tracing::warn!(error = %e, "cancel request could not reach the server"),
+        }
+    }
+
+    /// Authenticates the client, logs in to the server and runs the relay.
+    async fn start_session(
+        &self,
+        mut client: Stream,
+        leftover: BytesMut,
+        peer: SocketAddr,
+        id: Uuid,
+        minor: u16,
+        params: Vec<(String, String)>,
+    ) {
+        let mut greeting = BytesMut::new();
+        let unrecognised: Vec<&str> = params
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.starts_with("_pq_."))
+            .collect();
+        if minor > PROTOCOL_MINOR || !unrecognised.is_empty() {
+            wire::put_negotiate_version(&mut greeting, &unrecognised);
+        }
+        let info = match self.admit(&client, peer, id, &params) {
+            Ok(info) => info,
+            Err(refusal) => {
+                tracing::info!(code = %refusal.code, reason = %refusal.message, "session refused");
+                return refuse(&mut Some(client), &refusal).await;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("user", info.identity.user.as_str());
+        span.record("database", info.database.as_str());
+
+        let passed: Vec<(String, String)> = params
+            .into_iter()
+            .filter(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()) && !k.starts_with("_pq_."))
+            .collect();
+        let server = match self.target.connect(&info.database, &passed).await {
+            Ok(server) => server,
+            Err(e) => return self.server_refused(client, greeting, e).await,
+        };
+        let Some((process_id, secret_key)) = server.key else {
+            tracing::warn!("the server sent no cancel key");
+            return;
+        };
+        let cancel = self.cancels.register(Key {
+            process_id,
+            secret_key,
+        });
+        wire::put_auth_ok(&mut greeting);
+        greeting.extend_from_slice(&server.startup_messages);
+        wire::put_backend_key(
+            &mut greeting,
+            cancel.key().process_id,
+            cancel.key().secret_key,
+        );
+        wire::put_ready(&mut greeting, server.status);
+        if client.write_all(&greeting).await.is_err() {
+            return;
+        }
+        self.audit.session_started(&info);
+        let ctx = RelayContext {
+            identity: &info.identity,
+            policy: &self.policy,
+            audit: &self.audit,
+            max_message: self.config.limits.max_message_bytes,
+            initial_status: server.status,
+        };
+        let (ended, totals) =
+            relay::run(&ctx, (client, leftover), (server.stream, server.leftover)).await;
+        if let relay::Ended::ClientProtocol(reason) | relay::Ended::ServerProtocol(reason) = &ended
+        {
+            tracing::warn!(reason = %reason, "protocol violation");
+        }
+        self.audit.session_ended(&totals, ended.as_str());
+    }
+
+    /// Establishes who the client is and which database it gets.
+    fn admit(
+        &self,
+        client: &Stream,
+        peer: SocketAddr,
+        id: Uuid,
+        params: &[(String, String)],
+    ) -> Result<SessionInfo, Refusal> {
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if param("replication").is_some_and(|v| !matches!(v, "false" | "off" | "no" | "0")) {
+            return Err(Refusal::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "pgveil does not carry replication connections",
+            ));
+        }
+        let Some(user) = param("user").filter(|u| !u.is_empty()) else {
+            return Err(Refusal::new(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                "no PostgreSQL user name specified in startup packet",
+            ));
+        };
+        let requested = param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+        let Some(database) = self.config.server_database(requested) else {
+            return Err(Refusal::new(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{requested}\" is not offered by this gateway"),
+            ));
+        };
+        let identity = match self.config.auth.method {
+            AuthMethod::Trust => Identity {
+                user: user.to_owned(),
+                groups: Vec::new(),
+                auth: AuthKind::Trust,
+            },
+        };
+        Ok(SessionInfo {
+            id,
+            peer,
+            client_tls: client.tls_version(),
+            identity,
+            database: database.to_owned(),
+            server_role: self.target.user().to_owned(),
+            application_name: param("application_name").map(str::to_owned),
+        })
+    }
+
+    /// Tells the client why the server connection failed.
+    async fn server_refused(&self, mut client: Stream, mut greeting: BytesMut, e: BackendError) {
+        tracing::warn!(error = %e, "server connection failed");
+        match e {
+            // The server's own answer about the client's request (no such
+            // database, too many connections) is passed on as it is; an
+            // answer about pgveil's credential is not the client's business.
+            BackendError::Refused { code, frame } if !code.starts_with("28") => {
+                greeting.put_slice(frame.bytes());
+            }
+            _ => wire::put_error(
+                &mut greeting,
+                Severity::Fatal,
+                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                "pgveil could not connect to the database server",
+                Some("The gateway's operator can find the reason in its log."),
+            ),
+        }
+        let _ = client.write_all(&greeting).await;
+        let _ = client.shutdown().await;
+    }
+}
+
+/// Refuses bytes that arrived behind SSLRequest or GSSENCRequest.
+fn reject_buffered_plaintext(buf: &BytesMut) -> Result<(), Refusal> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        sqlstate::PROTOCOL_VIOLATION,
+        "received unencrypted data after SSL request",
+    ))
+}
+
+async fn read_startup_packet(
+    slot: &mut Option<Stream>,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, Refusal> {
+    let Some(stream) = slot.as_mut() else {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "connection lost",
+        ));
+    };
+    loop {
+        if let Some(packet) = wire::next_startup_packet(buf)? {
+            return Ok(packet);
+        }
+        buf.reserve(1024);
+        if stream.read_buf(buf).await? == 0 {
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "incomplete startup packet",
+            ));
+        }
+    }
+}
+
+async fn write_raw(slot: &mut Option<Stream>, bytes: &[u8]) -> Result<(), Refusal> {
+    let Some(stream) = slot.as_mut() else {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "connection lost",
+        ));
+    };
+    stream.write_all(bytes).await?;
+    Ok(())
+}
+
+/// Sends a FATAL ErrorResponse, if the connection is still there, and closes.
+async fn refuse(slot: &mut Option<Stream>, refusal: &Refusal) {
+    tracing::info!(code = %refusal.code, reason = %refusal.message, "connection refused");
+    let Some(stream) = slot.as_mut() else { return };
+    let mut out = BytesMut::new();
+    wire::put_error(
+        &mut out,
+        Severity::Fatal,
+        refusal.code,
+        &refusal.message,
+        None,
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
