@@ -83,8 +83,10 @@ pub enum Ended {
     ClientProtocol(String),
     /// The server broke the protocol.
     ServerProtocol(String),
-    /// A socket failed.
-    Io(std::io::Error),
+    /// The client's socket failed.
+    ClientIo(std::io::Error),
+    /// The server's socket failed (a reset when its process died, say).
+    ServerIo(std::io::Error),
 }
 
 impl Ended {
@@ -96,7 +98,8 @@ impl Ended {
             Self::ServerClosed { .. } => "server_closed",
             Self::ClientProtocol(_) => "client_protocol_error",
             Self::ServerProtocol(_) => "server_protocol_error",
-            Self::Io(_) => "io_error",
+            Self::ClientIo(_) => "client_io_error",
+            Self::ServerIo(_) => "server_io_error",
         }
     }
 }
@@ -213,7 +216,9 @@ where
             message,
             None,
         ),
-        Ended::ServerClosed { explained: false } | Ended::ServerProtocol(_) => wire::put_error(
+        Ended::ServerClosed { explained: false }
+        | Ended::ServerProtocol(_)
+        | Ended::ServerIo(_) => wire::put_error(
             &mut to_client,
             Severity::Fatal,
             sqlstate::CONNECTION_FAILURE,
@@ -281,17 +286,17 @@ impl<'a> ClientPump<'a> {
                 if matches!(route, Route::Terminate) {
                     return match self.flush(server, &mut out).await {
                         Ok(()) => Ended::Terminated,
-                        Err(e) => Ended::Io(e),
+                        Err(e) => Ended::ServerIo(e),
                     };
                 }
                 if out.len() >= WRITE_HIGH_WATER {
                     if let Err(e) = self.flush(server, &mut out).await {
-                        return Ended::Io(e);
+                        return Ended::ServerIo(e);
                     }
                 }
             }
             if let Err(e) = self.flush(server, &mut out).await {
-                return Ended::Io(e);
+                return Ended::ServerIo(e);
             }
             inbuf.reserve(READ_CHUNK);
             match client.read_buf(&mut inbuf).await {
@@ -305,7 +310,7 @@ impl<'a> ClientPump<'a> {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Ended::ClientClosed
                 }
-                Err(e) => return Ended::Io(e),
+                Err(e) => return Ended::ClientIo(e),
             }
         }
     }
@@ -461,13 +466,13 @@ impl<'a> ServerPump<'a> {
                 self.drain_replies(&mut out);
                 if out.len() >= WRITE_HIGH_WATER {
                     if let Err(e) = self.write(client, &mut out).await {
-                        return Ended::Io(e);
+                        return Ended::ClientIo(e);
                     }
                 }
             }
             self.drain_replies(&mut out);
             if let Err(e) = self.write(client, &mut out).await {
-                return Ended::Io(e);
+                return Ended::ClientIo(e);
             }
             self.inbuf.reserve(READ_CHUNK);
             tokio::select! {
@@ -476,7 +481,7 @@ impl<'a> ServerPump<'a> {
                 read = server.read_buf(&mut self.inbuf) => match read {
                     Ok(0) => return Ended::ServerClosed { explained: self.server_fatal },
                     Ok(_) => {}
-                    Err(e) => return Ended::Io(e),
+                    Err(e) => return Ended::ServerIo(e),
                 },
             }
         }
