@@ -69,9 +69,9 @@ async fn check_logs_in_and_reports(ctx: Arc<Ctx>) {
     assert!(good.1.contains("server version 15"), "{}", good.1);
     assert!(good.1.contains("TLSv1_3"), "{}", good.1);
     assert!(!bad.0, "a wrong password must fail the check");
-    assert!(bad.2.contains("28P01"), "{}", bad.2);
+    assert!(bad.1.contains("28P01"), "{}", bad.1);
     assert!(
-        !bad.2.contains("wrong"),
+        !bad.1.contains("wrong") && !bad.2.contains("wrong"),
         "the password must not be printed: {}",
         bad.2
     );
@@ -150,12 +150,22 @@ async fn demo_serves_sample_data_and_cleans_up(_ctx: Arc<Ctx>) {
                 Err(_) => break,
             }
         }
-        let conninfo = format!("host=127.0.0.1 port={port} dbname=demo user=analyst");
-        let query = psql(
-            &conninfo,
-            None,
-            "SELECT count(*) FROM customers WHERE email LIKE '%@%'",
-        );
+        let token_of = |user: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(&format!("user={user}\"")))
+                .and_then(|l| l.split('\'').nth(1))
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        let sql = "SELECT current_user, count(*) FROM customers WHERE email LIKE '%@%'";
+        let query: Vec<_> = ["ana", "dora"]
+            .iter()
+            .map(|user| {
+                let conninfo = format!("host=127.0.0.1 port={port} dbname=demo user={user}");
+                psql(&conninfo, Some(&token_of(user)), sql)
+            })
+            .collect();
         crate::harness::proc::send_signal(child.id(), libc::SIGINT);
         let status = crate::harness::proc::wait_child(&mut child, Duration::from_secs(30));
         if status.is_none() {
@@ -171,11 +181,22 @@ async fn demo_serves_sample_data_and_cleans_up(_ctx: Arc<Ctx>) {
         text.contains(&format!("psql \"host=127.0.0.1 port={port} dbname=demo")),
         "{text}"
     );
-    let count: u32 = query
-        .expect("query through the demo")
-        .parse()
-        .expect("a count");
-    assert!(count > 500, "{count} customers with an email");
+    let mut query = query.into_iter();
+    let analyst = query
+        .next()
+        .expect("ana")
+        .expect("the analyst's token works");
+    let admin = query
+        .next()
+        .expect("dora")
+        .expect("the administrator's token works");
+    let (role, count) = analyst.split_once('|').expect("two columns");
+    assert_eq!(role, "veil_analyst");
+    assert!(
+        count.parse::<u32>().expect("a count") > 500,
+        "{count} customers with an email"
+    );
+    assert!(admin.starts_with("veil_admin|"), "{admin}");
     assert!(status.expect("the demo stops on Ctrl-C").success());
     let dir = text
         .lines()

@@ -10,8 +10,10 @@ mod bad_input;
 mod cli;
 mod core;
 mod harness;
+mod oidc;
 mod raw;
 mod tls;
+mod tlsclient;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,6 +139,7 @@ fn main() -> ExitCode {
     let mut cases = Vec::new();
     cases.extend(core::cases());
     cases.extend(tls::cases());
+    cases.extend(oidc::cases());
     cases.extend(bad_input::cases());
     cases.extend(cli::cases());
     run_cases(ctx, cases)

@@ -64,6 +64,24 @@ impl Audit {
         );
     }
 
+    /// Records a successful authentication.
+    pub fn authenticated(&self, identity: &crate::session::Identity, server_role: &str) {
+        tracing::info!(
+            outcome = "success",
+            auth = identity.auth.as_str(),
+            issuer = identity.issuer.as_deref().unwrap_or(""),
+            subject = identity.subject.as_deref().unwrap_or(""),
+            groups = ?identity.groups,
+            server_role,
+            "authentication"
+        );
+    }
+
+    /// Records a refused authentication with its reason (never the token).
+    pub fn auth_refused(&self, reason: &str, startup_user: &str) {
+        tracing::warn!(outcome = "refused", reason, startup_user, "authentication");
+    }
+
     /// Records one statement.
     pub fn statement(&self, event: &StatementEvent) {
         tracing::debug!(

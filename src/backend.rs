@@ -18,7 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, ConfigError, Secret, ServerTlsMode};
+use crate::auth::Login;
+use crate::config::{Config, Secret, ServerTlsMode};
 use crate::net::Stream;
 use crate::tls::{self, TlsError};
 use crate::wire::{self, tag, Frame, FrameError};
@@ -70,8 +71,6 @@ pub struct ServerTarget {
     host: String,
     mode: ServerTlsMode,
     connector: Option<TlsConnector>,
-    user: String,
-    password: Option<Secret>,
     connect_timeout: Duration,
 }
 
@@ -80,7 +79,6 @@ impl std::fmt::Debug for ServerTarget {
         f.debug_struct("ServerTarget")
             .field("address", &self.address)
             .field("mode", &self.mode)
-            .field("user", &self.user)
             .finish_non_exhaustive()
     }
 }
@@ -102,17 +100,14 @@ pub struct ServerConn {
 /// Why a ServerTarget could not be built from the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    /// Configuration problem.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// TLS set-up problem.
     #[error("server TLS: {0}")]
     Tls(#[from] TlsError),
 }
 
 impl ServerTarget {
-    /// Builds the target from `[server]`, resolving the password now.
-    pub fn from_config(config: &Config, path: &std::path::Path) -> Result<Self, TargetError> {
+    /// Builds the target from `[server]`.
+    pub fn from_config(config: &Config) -> Result<Self, TargetError> {
         let server = &config.server;
         let (host, _) = server
             .address
@@ -128,15 +123,8 @@ impl ServerTarget {
             host,
             mode: server.tls,
             connector: tls::connector(server.tls, server.ca_file.as_deref())?,
-            user: server.user.clone(),
-            password: config.server_password(path)?,
             connect_timeout: config.timeouts.server_connect,
         })
-    }
-
-    /// The role pgveil logs in as.
-    pub fn user(&self) -> &str {
-        &self.user
     }
 
     /// The configured address.
@@ -144,31 +132,33 @@ impl ServerTarget {
         &self.address
     }
 
-    /// Connects and logs in to `database` with the client's other startup
-    /// parameters passed through, within the connect timeout.
+    /// Connects and logs in as `login` to `database` with the client's
+    /// other startup parameters passed through, within the connect timeout.
     pub async fn connect(
         &self,
+        login: &Login,
         database: &str,
         params: &[(String, String)],
     ) -> Result<ServerConn, BackendError> {
         let limit = self.connect_timeout;
-        tokio::time::timeout(limit, self.connect_inner(database, params))
+        tokio::time::timeout(limit, self.connect_inner(login, database, params))
             .await
             .map_err(|_| BackendError::Timeout(limit))?
     }
 
     async fn connect_inner(
         &self,
+        login: &Login,
         database: &str,
         params: &[(String, String)],
     ) -> Result<ServerConn, BackendError> {
         let mut stream = self.open().await?;
         let mut out = BytesMut::new();
-        let mut startup: Vec<(&str, &str)> = vec![("user", &self.user), ("database", database)];
+        let mut startup: Vec<(&str, &str)> = vec![("user", &login.user), ("database", database)];
         startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         wire::put_startup(&mut out, &startup);
         stream.write_all(&out).await?;
-        self.login(stream).await
+        authenticate(login, stream).await
     }
 
     /// Opens TCP and, as the mode says, TLS.
@@ -201,103 +191,6 @@ impl ServerTarget {
         Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
     }
 
-    /// Runs the authentication exchange and collects the startup messages.
-    async fn login(&self, mut stream: Stream) -> Result<ServerConn, BackendError> {
-        let mut buf = BytesMut::with_capacity(4096);
-        let mut kept = BytesMut::new();
-        let mut key = None;
-        let mut scram: Option<ScramSha256> = None;
-        loop {
-            let frame = read_frame(&mut stream, &mut buf).await?;
-            let mut copy = BytesMut::from(frame.bytes().as_ref());
-            let message = Message::parse(&mut copy)
-                .map_err(|e| BackendError::Protocol(e.to_string()))?
-                .ok_or_else(|| BackendError::Protocol("truncated message".into()))?;
-            let mut reply = BytesMut::new();
-            match message {
-                Message::AuthenticationOk => {}
-                Message::AuthenticationCleartextPassword => {
-                    frontend::password_message(self.password()?.as_bytes(), &mut reply)?;
-                }
-                Message::AuthenticationMd5Password(body) => {
-                    let hash = md5_hash(
-                        self.user.as_bytes(),
-                        self.password()?.as_bytes(),
-                        body.salt(),
-                    );
-                    frontend::password_message(hash.as_bytes(), &mut reply)?;
-                }
-                Message::AuthenticationSasl(body) => {
-                    let mut offered = body.mechanisms();
-                    let mut has_scram = false;
-                    while let Some(m) = fallible_next(&mut offered)? {
-                        has_scram |= m == SCRAM_SHA_256;
-                    }
-                    if !has_scram {
-                        return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
-                    }
-                    // Channel binding is not used ('n'): the server accepts
-                    // that, and TLS still protects the exchange.
-                    let s = ScramSha256::new(
-                        self.password()?.as_bytes(),
-                        ChannelBinding::unsupported(),
-                    );
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut reply)?;
-                    scram = Some(s);
-                }
-                Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
-                    s.update(body.data())
-                        .map_err(|e| BackendError::Protocol(e.to_string()))?;
-                    frontend::sasl_response(s.message(), &mut reply)?;
-                }
-                Message::AuthenticationSaslFinal(body) => {
-                    let s = scram.as_mut().ok_or_else(|| unexpected("SASLFinal"))?;
-                    s.finish(body.data())
-                        .map_err(|e| BackendError::Protocol(e.to_string()))?;
-                }
-                Message::AuthenticationKerberosV5
-                | Message::AuthenticationScmCredential
-                | Message::AuthenticationGss
-                | Message::AuthenticationSspi
-                | Message::AuthenticationGssContinue(_) => {
-                    return Err(BackendError::UnsupportedAuth("GSSAPI, SSPI or Kerberos"));
-                }
-                Message::ParameterStatus(_) | Message::NoticeResponse(_) => {
-                    kept.put_slice(frame.bytes());
-                }
-                Message::BackendKeyData(body) => key = Some((body.process_id(), body.secret_key())),
-                Message::ReadyForQuery(body) => {
-                    return Ok(ServerConn {
-                        stream,
-                        startup_messages: kept,
-                        key,
-                        status: body.status(),
-                        leftover: buf,
-                    });
-                }
-                Message::ErrorResponse(_) => {
-                    let fields = wire::parse_error_fields(frame.body())?;
-                    return Err(BackendError::Refused {
-                        code: fields.code,
-                        frame,
-                    });
-                }
-                _ => return Err(unexpected("message during login")),
-            }
-            if !reply.is_empty() {
-                stream.write_all(&reply).await?;
-            }
-        }
-    }
-
-    fn password(&self) -> Result<&str, BackendError> {
-        self.password
-            .as_ref()
-            .map(Secret::expose)
-            .ok_or(BackendError::NoPassword)
-    }
-
     /// Sends a CancelRequest for the server-side key on a new connection.
     pub async fn cancel(&self, process_id: i32, secret_key: i32) -> Result<(), BackendError> {
         let limit = self.connect_timeout;
@@ -314,6 +207,96 @@ impl ServerTarget {
         tokio::time::timeout(limit, send)
             .await
             .map_err(|_| BackendError::Timeout(limit))?
+    }
+}
+
+/// Runs the authentication exchange and collects the startup messages.
+async fn authenticate(login: &Login, mut stream: Stream) -> Result<ServerConn, BackendError> {
+    let password = || {
+        login
+            .password
+            .as_ref()
+            .map(Secret::expose)
+            .ok_or(BackendError::NoPassword)
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut kept = BytesMut::new();
+    let mut key = None;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let frame = read_frame(&mut stream, &mut buf).await?;
+        let mut copy = BytesMut::from(frame.bytes().as_ref());
+        let message = Message::parse(&mut copy)
+            .map_err(|e| BackendError::Protocol(e.to_string()))?
+            .ok_or_else(|| BackendError::Protocol("truncated message".into()))?;
+        let mut reply = BytesMut::new();
+        match message {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(password()?.as_bytes(), &mut reply)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = md5_hash(login.user.as_bytes(), password()?.as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), &mut reply)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut offered = body.mechanisms();
+                let mut has_scram = false;
+                while let Some(m) = fallible_next(&mut offered)? {
+                    has_scram |= m == SCRAM_SHA_256;
+                }
+                if !has_scram {
+                    return Err(BackendError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
+                }
+                // Channel binding is not used ('n'): the server accepts
+                // that, and TLS still protects the exchange.
+                let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut reply)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let s = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+                s.update(body.data())
+                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+                frontend::sasl_response(s.message(), &mut reply)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let s = scram.as_mut().ok_or_else(|| unexpected("SASLFinal"))?;
+                s.finish(body.data())
+                    .map_err(|e| BackendError::Protocol(e.to_string()))?;
+            }
+            Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationGss
+            | Message::AuthenticationSspi
+            | Message::AuthenticationGssContinue(_) => {
+                return Err(BackendError::UnsupportedAuth("GSSAPI, SSPI or Kerberos"));
+            }
+            Message::ParameterStatus(_) | Message::NoticeResponse(_) => {
+                kept.put_slice(frame.bytes());
+            }
+            Message::BackendKeyData(body) => key = Some((body.process_id(), body.secret_key())),
+            Message::ReadyForQuery(body) => {
+                return Ok(ServerConn {
+                    stream,
+                    startup_messages: kept,
+                    key,
+                    status: body.status(),
+                    leftover: buf,
+                });
+            }
+            Message::ErrorResponse(_) => {
+                let fields = wire::parse_error_fields(frame.body())?;
+                return Err(BackendError::Refused {
+                    code: fields.code,
+                    frame,
+                });
+            }
+            _ => return Err(unexpected("message during login")),
+        }
+        if !reply.is_empty() {
+            stream.write_all(&reply).await?;
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::bail;
 
 use crate::config::Config;
 use crate::frontend::Gateway;
@@ -32,18 +32,39 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_else(|| "postgres".to_owned());
     let gateway = Gateway::new(config, path)?;
+    let mut problems = 0;
+    for issuer in gateway.auth().verifier().issuers() {
+        match issuer.refresh().await {
+            Ok(keys) => println!("issuer {}: {keys} signing key(s)", issuer.url()),
+            Err(e) => {
+                println!("issuer {}: FAILED: {e}", issuer.url());
+                problems += 1;
+            }
+        }
+    }
     let target = gateway.target();
-    let conn = target
-        .connect(&database, &[])
-        .await
-        .with_context(|| format!("logging in to {} as {}", target.address(), target.user()))?;
-    let version = server_version(&conn.startup_messages);
-    println!(
-        "server {}: logged in as {} to database {database} ({}), server version {version}",
-        target.address(),
-        target.user(),
-        conn.stream.tls_version().unwrap_or("no TLS"),
-    );
+    for login in gateway.auth().logins() {
+        match target.connect(login, &database, &[]).await {
+            Ok(conn) => println!(
+                "server {}: logged in as {} to database {database} ({}), server version {}",
+                target.address(),
+                login.user,
+                conn.stream.tls_version().unwrap_or("no TLS"),
+                server_version(&conn.startup_messages),
+            ),
+            Err(e) => {
+                println!(
+                    "server {}: FAILED to log in as {}: {e}",
+                    target.address(),
+                    login.user
+                );
+                problems += 1;
+            }
+        }
+    }
+    if problems > 0 {
+        bail!("{problems} problem(s) found");
+    }
     Ok(())
 }
 

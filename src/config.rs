@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time to connect and log in to the server.
 pub const DEFAULT_SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest clock-skew allowance for token times that may be configured.
+pub const MAX_TOKEN_LEEWAY: Duration = Duration::from_secs(60);
+/// Default interval between routine refreshes of an issuer's keys.
+pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(15 * 60);
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// How clients prove who they are.
     pub auth: AuthConfig,
+    /// Ordered mappings from group to server role; the first match wins.
+    /// Empty: every client gets `[server].user`.
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
     /// Size and count limits.
     #[serde(default)]
     pub limits: Limits,
@@ -131,6 +139,28 @@ pub enum ServerTlsMode {
 pub struct AuthConfig {
     /// The method.
     pub method: AuthMethod,
+    /// `oidc`: accept a token sent without TLS when the client reached a
+    /// loopback listener (a local sidecar, a development machine).
+    #[serde(default)]
+    pub allow_cleartext_on_loopback: bool,
+    /// `oidc`: do not require the startup user name to match the token's
+    /// identity (the identity's name is used either way).
+    #[serde(default)]
+    pub ignore_startup_user: bool,
+    /// `oidc`: clock-skew allowance for `exp`, `nbf` and `iat`; at most 60 s.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// `oidc`: the trusted issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// `trust`: groups of each user name, so that roles and rules apply
+    /// in development as they will with tokens.
+    #[serde(default)]
+    pub trust_groups: BTreeMap<String, Vec<String>>,
+}
+
+fn default_leeway() -> Duration {
+    MAX_TOKEN_LEEWAY
 }
 
 /// Authentication methods.
@@ -140,6 +170,61 @@ pub enum AuthMethod {
     /// Development only: the startup user name is taken on trust. Allowed
     /// only when every listen address is loopback.
     Trust,
+    /// The client sends an OIDC token (a signed JWT) as its password.
+    Oidc,
+}
+
+/// `[[auth.issuers]]`: one trusted OpenID provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Issuer URL, exactly as in the tokens' `iss` (https).
+    pub issuer: String,
+    /// Accepted audiences; a token's `aud` must contain one.
+    pub audiences: Vec<String>,
+    /// Claim that names the user; absent: `preferred_username`, then
+    /// `email`, then `sub`.
+    pub username_claim: Option<String>,
+    /// Claim that holds the groups, as a key or a dotted path
+    /// (`groups`, `realm_access.roles`, `cognito:groups`).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Scopes a token must carry (in `scope` or `scp`).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// CA bundle for the issuer's HTTPS endpoints; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Routine key refresh interval.
+    #[serde(default = "default_key_refresh", with = "humantime_serde")]
+    pub key_refresh: Duration,
+    /// Read the keys from this JWKS file instead of discovery (air-gapped
+    /// set-ups); reread on the refresh interval.
+    pub jwks_file: Option<PathBuf>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+fn default_key_refresh() -> Duration {
+    DEFAULT_KEY_REFRESH
+}
+
+/// `[[roles]]`: clients in `group` reach the server as `role`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// Group name as it appears in the identity's groups.
+    pub group: String,
+    /// Server role to log in as.
+    pub role: String,
+    /// Environment variable holding the role's password.
+    pub password_env: Option<String>,
+    /// File holding the role's password.
+    pub password_file: Option<PathBuf>,
+    /// Databases (client-visible names) this mapping may reach; empty: all.
+    #[serde(default)]
+    pub databases: Vec<String>,
 }
 
 /// `[limits]`.
@@ -241,6 +326,34 @@ impl Config {
                 "\"trust\" is for development and needs every listen address to be loopback",
             ));
         }
+        if self.auth.method == AuthMethod::Oidc && self.auth.issuers.is_empty() {
+            return Err(invalid(
+                "auth.issuers",
+                "method \"oidc\" needs at least one issuer",
+            ));
+        }
+        if self.auth.leeway > MAX_TOKEN_LEEWAY {
+            return Err(invalid("auth.leeway", "may be at most 60s"));
+        }
+        for issuer in &self.auth.issuers {
+            if !issuer.issuer.starts_with("https://") {
+                return Err(invalid("auth.issuers.issuer", "must be an https:// URL"));
+            }
+            if issuer.audiences.is_empty() {
+                return Err(invalid(
+                    "auth.issuers.audiences",
+                    "at least one audience is needed",
+                ));
+            }
+        }
+        for role in &self.roles {
+            if role.password_env.is_some() && role.password_file.is_some() {
+                return Err(invalid(
+                    "roles.password_env",
+                    "give either password_env or password_file, not both",
+                ));
+            }
+        }
         if self.server.password_env.is_some() && self.server.password_file.is_some() {
             return Err(invalid(
                 "server.password_env",
@@ -259,32 +372,14 @@ impl Config {
     /// Resolves the server password from the environment or its file.
     /// `None` when neither is configured (trust on the server side).
     pub fn server_password(&self, path: &Path) -> Result<Option<Secret>, ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        };
-        if let Some(var) = &self.server.password_env {
-            return match std::env::var(var) {
-                Ok(value) => Ok(Some(Secret::new(value))),
-                Err(_) => Err(invalid(
-                    "server.password_env",
-                    format!("environment variable {var} is not set"),
-                )),
-            };
-        }
-        if let Some(file) = &self.server.password_file {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                invalid(
-                    "server.password_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            return Ok(Some(Secret::new(
-                text.trim_end_matches(['\r', '\n']).to_owned(),
-            )));
-        }
-        Ok(None)
+        let server = &self.server;
+        let keys = ("server.password_env", "server.password_file");
+        read_secret(
+            path,
+            keys,
+            server.password_env.as_deref(),
+            server.password_file.as_deref(),
+        )
     }
 
     /// Maps a client's database name to the server's, or `None` if not offered.
@@ -294,6 +389,38 @@ impl Config {
         }
         self.server.databases.get(requested).map(String::as_str)
     }
+}
+
+/// Reads a secret from the environment variable or the file named by a
+/// pair of keys (`keys` names them for error messages).
+pub fn read_secret(
+    path: &Path,
+    keys: (&'static str, &'static str),
+    env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let invalid = |key, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        message,
+    };
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(value) => Ok(Some(Secret::new(value))),
+            Err(_) => Err(invalid(
+                keys.0,
+                format!("environment variable {var} is not set"),
+            )),
+        };
+    }
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| invalid(keys.1, format!("cannot read {}: {e}", file.display())))?;
+        return Ok(Some(Secret::new(
+            text.trim_end_matches(['\r', '\n']).to_owned(),
+        )));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -22,28 +22,35 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::audit::Audit;
+use crate::auth::{self, Auth, Login, MAX_TOKEN_BYTES};
 use crate::backend::{BackendError, ServerTarget};
 use crate::cancel::{CancelRegistry, Key};
-use crate::config::{AuthMethod, Config};
+use crate::config::Config;
 use crate::net::Stream;
 use crate::policy::Policy;
 use crate::relay::{self, RelayContext};
-use crate::session::{AuthKind, Identity, SessionInfo};
-use crate::wire::{self, sqlstate, FrameError, Severity, SqlState, StartupPacket};
+use crate::session::{Identity, SessionInfo};
+use crate::wire::{self, sqlstate, tag, FrameError, Severity, SqlState, StartupPacket};
 
 /// Startup parameters that pgveil sets itself or does not pass on.
 const RESERVED_PARAMS: [&str; 3] = ["user", "database", "replication"];
 /// Packets a client may send before its StartupMessage (SSLRequest, GSSENCRequest).
 const MAX_PRELUDE_PACKETS: usize = 3;
+/// Largest password message: a token of the largest accepted size plus the
+/// header and terminator.
+const MAX_PASSWORD_MESSAGE: usize = MAX_TOKEN_BYTES + 16;
 /// Newest minor version of protocol 3 that pgveil speaks.
 const PROTOCOL_MINOR: u16 = 0;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Configuration problem.
+    /// Server connection set-up problem.
     #[error(transparent)]
     Target(#[from] crate::backend::TargetError),
+    /// Authentication set-up problem.
+    #[error(transparent)]
+    Auth(#[from] auth::SetupError),
     /// Client TLS set-up problem.
     #[error("client TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -96,6 +103,7 @@ pub struct Gateway {
     config: Config,
     acceptor: Option<TlsAcceptor>,
     target: ServerTarget,
+    auth: Auth,
     cancels: CancelRegistry,
     policy: Policy,
     audit: Audit,
@@ -115,12 +123,14 @@ impl Gateway {
     /// Builds the gateway from a validated configuration.
     pub fn new(config: Config, path: &Path) -> Result<Self, StartError> {
         let acceptor = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-        let target = ServerTarget::from_config(&config, path)?;
+        let target = ServerTarget::from_config(&config)?;
+        let auth = Auth::from_config(&config, path)?;
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
         Ok(Self {
             config,
             acceptor,
             target,
+            auth,
             cancels: CancelRegistry::default(),
             policy: Policy::allow_all(),
             audit: Audit,
@@ -131,6 +141,11 @@ impl Gateway {
     /// The server target, for `pgveil check`.
     pub fn target(&self) -> &ServerTarget {
         &self.target
+    }
+
+    /// The authentication set-up, for `pgveil check`.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     /// Binds every listen address; fails if any cannot be bound.
@@ -152,6 +167,7 @@ impl Gateway {
         listeners: Vec<TcpListener>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.auth.spawn_key_refresh();
         let mut tasks = tokio::task::JoinSet::new();
         for listener in listeners {
             tasks.spawn(self.clone().accept_loop(listener));
@@ -198,23 +214,18 @@ impl Gateway {
             return;
         };
         let mut buf = BytesMut::with_capacity(1024);
-        let limit = self.config.timeouts.startup;
-        let hello = match tokio::time::timeout(limit, self.hello(&mut slot, &mut buf)).await {
+        // One deadline for TLS, startup and authentication together.
+        let deadline = tokio::time::Instant::now() + self.config.timeouts.startup;
+        let hello = match tokio::time::timeout_at(deadline, self.hello(&mut slot, &mut buf)).await {
             Ok(Ok(hello)) => hello,
             Ok(Err(refusal)) => return refuse(&mut slot, &refusal).await,
-            Err(_) => {
-                let refusal = Refusal::new(
-                    sqlstate::QUERY_CANCELED,
-                    "canceling authentication due to timeout",
-                );
-                return refuse(&mut slot, &refusal).await;
-            }
+            Err(_) => return refuse(&mut slot, &startup_timeout()).await,
         };
         let Some(stream) = slot.take() else { return };
         match hello {
             Hello::Cancel(key) => self.cancel(key).await,
             Hello::Startup { minor, params } => {
-                self.start_session(stream, buf, peer, id, minor, params)
+                self.start_session(stream, buf, peer, id, deadline, minor, params)
                     .await;
             }
         }
@@ -320,30 +331,51 @@ impl Gateway {
     }
 
     /// Authenticates the client, logs in to the server and runs the relay.
+    #[allow(clippy::too_many_arguments)]
     async fn start_session(
         &self,
         mut client: Stream,
-        leftover: BytesMut,
+        mut leftover: BytesMut,
         peer: SocketAddr,
         id: Uuid,
+        deadline: tokio::time::Instant,
         minor: u16,
         params: Vec<(String, String)>,
     ) {
-        let mut greeting = BytesMut::new();
         let unrecognised: Vec<&str> = params
             .iter()
             .map(|(k, _)| k.as_str())
             .filter(|k| k.starts_with("_pq_."))
             .collect();
         if minor > PROTOCOL_MINOR || !unrecognised.is_empty() {
-            wire::put_negotiate_version(&mut greeting, &unrecognised);
-        }
-        let info = match self.admit(&client, peer, id, &params) {
-            Ok(info) => info,
-            Err(refusal) => {
-                tracing::info!(code = %refusal.code, reason = %refusal.message, "session refused");
-                return refuse(&mut Some(client), &refusal).await;
+            let mut negotiate = BytesMut::new();
+            wire::put_negotiate_version(&mut negotiate, &unrecognised);
+            if client.write_all(&negotiate).await.is_err() {
+                return;
             }
+        }
+        let request = match self.requested(&params) {
+            Ok(request) => request,
+            Err(refusal) => return refuse(&mut Some(client), &refusal).await,
+        };
+        let authenticated = tokio::time::timeout_at(
+            deadline,
+            self.authenticate(&mut client, &mut leftover, &request),
+        )
+        .await
+        .unwrap_or_else(|_| Err(startup_timeout()));
+        let (identity, login) = match authenticated {
+            Ok(found) => found,
+            Err(refusal) => return refuse(&mut Some(client), &refusal).await,
+        };
+        let info = SessionInfo {
+            id,
+            peer,
+            client_tls: client.tls_version(),
+            identity,
+            database: request.database.clone(),
+            server_role: login.user.clone(),
+            application_name: request.application_name.clone(),
         };
         let span = tracing::Span::current();
         span.record("user", info.identity.user.as_str());
@@ -353,9 +385,9 @@ impl Gateway {
             .into_iter()
             .filter(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()) && !k.starts_with("_pq_."))
             .collect();
-        let server = match self.target.connect(&info.database, &passed).await {
+        let server = match self.target.connect(login, &info.database, &passed).await {
             Ok(server) => server,
-            Err(e) => return self.server_refused(client, greeting, e).await,
+            Err(e) => return self.server_refused(client, e).await,
         };
         let Some((process_id, secret_key)) = server.key else {
             tracing::warn!("the server sent no cancel key");
@@ -365,6 +397,7 @@ impl Gateway {
             process_id,
             secret_key,
         });
+        let mut greeting = BytesMut::new();
         wire::put_auth_ok(&mut greeting);
         greeting.extend_from_slice(&server.startup_messages);
         wire::put_backend_key(
@@ -383,6 +416,7 @@ impl Gateway {
             audit: &self.audit,
             max_message: self.config.limits.max_message_bytes,
             initial_status: server.status,
+            expires_at: info.identity.expires_at,
         };
         let (ended, totals) =
             relay::run(&ctx, (client, leftover), (server.stream, server.leftover)).await;
@@ -393,14 +427,8 @@ impl Gateway {
         self.audit.session_ended(&totals, ended.as_str());
     }
 
-    /// Establishes who the client is and which database it gets.
-    fn admit(
-        &self,
-        client: &Stream,
-        peer: SocketAddr,
-        id: Uuid,
-        params: &[(String, String)],
-    ) -> Result<SessionInfo, Refusal> {
+    /// Reads what the client asks for from its startup parameters.
+    fn requested(&self, params: &[(String, String)]) -> Result<Request, Refusal> {
         let param = |name: &str| {
             params
                 .iter()
@@ -426,26 +454,53 @@ impl Gateway {
                 format!("database \"{requested}\" is not offered by this gateway"),
             ));
         };
-        let identity = match self.config.auth.method {
-            AuthMethod::Trust => Identity {
-                user: user.to_owned(),
-                groups: Vec::new(),
-                auth: AuthKind::Trust,
-            },
-        };
-        Ok(SessionInfo {
-            id,
-            peer,
-            client_tls: client.tls_version(),
-            identity,
+        Ok(Request {
+            user: user.to_owned(),
+            client_database: requested.to_owned(),
             database: database.to_owned(),
-            server_role: self.target.user().to_owned(),
             application_name: param("application_name").map(str::to_owned),
         })
     }
 
+    /// Establishes who the client is and which server login it gets.
+    async fn authenticate(
+        &self,
+        client: &mut Stream,
+        leftover: &mut BytesMut,
+        request: &Request,
+    ) -> Result<(Identity, &Login), Refusal> {
+        let token = if self.auth.wants_token() {
+            let tls = matches!(client, Stream::Tls(_));
+            let loopback = client.local_addr().is_some_and(|a| a.ip().is_loopback());
+            self.auth
+                .check_transport(tls, loopback)
+                .map_err(|r| self.refused(r, request))?;
+            Some(read_token(client, leftover).await?)
+        } else {
+            None
+        };
+        let identity = self
+            .auth
+            .identify(&request.user, token.as_deref())
+            .await
+            .map_err(|r| self.refused(r, request))?;
+        let login = self
+            .auth
+            .route(&identity, &request.client_database)
+            .map_err(|r| self.refused(r, request))?;
+        self.audit.authenticated(&identity, &login.user);
+        Ok((identity, login))
+    }
+
+    /// Records a refused authentication and turns it into a refusal.
+    fn refused(&self, refused: auth::Refused, request: &Request) -> Refusal {
+        self.audit.auth_refused(refused.reason, &request.user);
+        Refusal::new(refused.code, refused.message)
+    }
+
     /// Tells the client why the server connection failed.
-    async fn server_refused(&self, mut client: Stream, mut greeting: BytesMut, e: BackendError) {
+    async fn server_refused(&self, mut client: Stream, e: BackendError) {
+        let mut greeting = BytesMut::new();
         tracing::warn!(error = %e, "server connection failed");
         match e {
             // The server's own answer about the client's request (no such
@@ -465,6 +520,66 @@ impl Gateway {
         let _ = client.write_all(&greeting).await;
         let _ = client.shutdown().await;
     }
+}
+
+/// The client's startup request, as pgveil understood it.
+struct Request {
+    /// Startup user name.
+    user: String,
+    /// Database name as the client gave it.
+    client_database: String,
+    /// Database name on the server.
+    database: String,
+    application_name: Option<String>,
+}
+
+fn startup_timeout() -> Refusal {
+    Refusal::new(
+        sqlstate::QUERY_CANCELED,
+        "canceling authentication due to timeout",
+    )
+}
+
+/// Asks for a cleartext password and reads the token the client sends in it.
+async fn read_token(client: &mut Stream, buf: &mut BytesMut) -> Result<String, Refusal> {
+    let mut request = BytesMut::new();
+    wire::put_auth_cleartext(&mut request);
+    client.write_all(&request).await?;
+    let frame = loop {
+        match wire::next_frame(buf, MAX_PASSWORD_MESSAGE) {
+            Ok(Some(frame)) => break frame,
+            Ok(None) => {}
+            Err(FrameError::Oversized { .. }) => {
+                return Err(Refusal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("password message too long: tokens of up to {MAX_TOKEN_BYTES} bytes are accepted"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        buf.reserve(1024);
+        if client.read_buf(buf).await? == 0 {
+            return Err(Refusal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "the client closed the connection during authentication",
+            ));
+        }
+    };
+    if frame.tag() != tag::PASSWORD {
+        return Err(Refusal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "expected a password message",
+        ));
+    }
+    let token = wire::take_cstr(frame.body())
+        .map(|(t, _)| t)
+        .unwrap_or_default();
+    String::from_utf8(token.to_vec()).map_err(|_| {
+        Refusal::new(
+            sqlstate::INVALID_PASSWORD,
+            "OIDC token rejected: not a well-formed token",
+        )
+    })
 }
 
 /// Refuses bytes that arrived behind SSLRequest or GSSENCRequest.

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod check;

@@ -16,6 +16,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The local address of the underlying TCP connection.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        let tcp = match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        };
+        tcp.local_addr().ok()
+    }
+
     /// The negotiated TLS version, if any (for the audit trail).
     pub fn tls_version(&self) -> Option<&'static str> {
         let Self::Tls(tls) = self else { return None };

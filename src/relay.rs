@@ -65,6 +65,20 @@ pub struct RelayContext<'a> {
     pub max_message: usize,
     /// Transaction status of the server when the relay starts.
     pub initial_status: u8,
+    /// When the client's proof of identity expires. The statement running
+    /// then may finish; then the session ends with a FATAL error.
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+impl RelayContext<'_> {
+    /// The expiry as a point on the monotonic clock.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.expires_at?;
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
+    }
 }
 
 /// How a session ended.
@@ -79,6 +93,8 @@ pub enum Ended {
         /// Whether the server explained itself with a FATAL ErrorResponse.
         explained: bool,
     },
+    /// The client's token expired; the session was ended between statements.
+    Expired,
     /// The client broke the protocol.
     ClientProtocol(String),
     /// The server broke the protocol.
@@ -95,6 +111,7 @@ impl Ended {
         match self {
             Self::Terminated => "terminate",
             Self::ClientClosed => "client_closed",
+            Self::Expired => "token_expired",
             Self::ServerClosed { .. } => "server_closed",
             Self::ClientProtocol(_) => "client_protocol_error",
             Self::ServerProtocol(_) => "server_protocol_error",
@@ -225,6 +242,13 @@ where
             "pgveil lost its connection to the database server",
             Some("Reconnect; the statement in progress may or may not have completed."),
         ),
+        Ended::Expired => wire::put_error(
+            &mut to_client,
+            Severity::Fatal,
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "the session's OIDC token has expired",
+            Some("Reconnect with a fresh token."),
+        ),
         _ => {}
     }
     if !to_client.is_empty() {
@@ -267,7 +291,13 @@ impl<'a> ClientPump<'a> {
     {
         let mut inbuf = std::mem::take(&mut self.inbuf);
         let mut out = BytesMut::with_capacity(READ_CHUNK);
+        let deadline = self.ctx.deadline();
         loop {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                // Past the token's expiry nothing new is forwarded; the
+                // server pump ends the session once the queue is empty.
+                return std::future::pending().await;
+            }
             // Frame whatever is buffered (startup leftovers on the first
             // pass), forward it in one write, then read more.
             loop {
@@ -434,6 +464,7 @@ struct ServerPump<'a> {
     status: u8,
     server_fatal: bool,
     out_of_step: bool,
+    expired: bool,
 }
 
 impl<'a> ServerPump<'a> {
@@ -445,6 +476,7 @@ impl<'a> ServerPump<'a> {
             status: ctx.initial_status,
             server_fatal: false,
             out_of_step: false,
+            expired: false,
         }
     }
 
@@ -454,6 +486,7 @@ impl<'a> ServerPump<'a> {
         W: AsyncWrite + Unpin,
     {
         let mut out = BytesMut::with_capacity(READ_CHUNK);
+        let deadline = self.ctx.deadline();
         loop {
             loop {
                 let frame = match wire::next_frame(&mut self.inbuf, MAX_SERVER_MESSAGE) {
@@ -474,10 +507,14 @@ impl<'a> ServerPump<'a> {
             if let Err(e) = self.write(client, &mut out).await {
                 return Ended::ClientIo(e);
             }
+            if self.expired && self.shared.ops().is_empty() {
+                return Ended::Expired;
+            }
             self.inbuf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
                 () = self.shared.reply_queued.notified() => {}
+                () = sleep_until(deadline), if !self.expired => self.expired = true,
                 read = server.read_buf(&mut self.inbuf) => match read {
                     Ok(0) => return Ended::ServerClosed { explained: self.server_fatal },
                     Ok(_) => {}
@@ -639,6 +676,14 @@ impl<'a> ServerPump<'a> {
             rows,
             outcome,
         });
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

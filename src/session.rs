@@ -9,6 +9,8 @@ use uuid::Uuid;
 pub enum AuthKind {
     /// Development trust on a loopback listener.
     Trust,
+    /// A verified OIDC token.
+    Oidc,
 }
 
 impl AuthKind {
@@ -16,6 +18,7 @@ impl AuthKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Trust => "trust",
+            Self::Oidc => "oidc",
         }
     }
 }
@@ -29,6 +32,12 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// How it was proven.
     pub auth: AuthKind,
+    /// The token's issuer (`oidc`).
+    pub issuer: Option<String>,
+    /// The token's subject (`oidc`).
+    pub subject: Option<String>,
+    /// When the proof expires; the session ends then (`oidc`).
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -37,7 +46,8 @@ impl std::fmt::Debug for Identity {
             .field("user", &self.user)
             .field("groups", &self.groups)
             .field("auth", &self.auth)
-            .finish()
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 

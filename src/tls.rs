@@ -93,6 +93,15 @@ pub fn connector(
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(client))))
 }
 
+/// A client configuration that verifies certificates against `ca_file`,
+/// or the system roots when absent.
+pub fn verifying_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(ca_file)?)
+        .with_no_client_auth())
+}
+
 /// The name to verify (and send as SNI) for `host`.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -19,6 +19,9 @@ fn identity() -> Identity {
         user: "tester".into(),
         groups: Vec::new(),
         auth: AuthKind::Trust,
+        issuer: None,
+        subject: None,
+        expires_at: None,
     }
 }
 
@@ -95,6 +98,7 @@ fn start(policy: Policy, max_message: usize) -> Rig {
             audit: &audit,
             max_message,
             initial_status: b'I',
+            expires_at: None,
         };
         run(
             &ctx,
