@@ -12,6 +12,9 @@
 #   QUICK=1          shorthand for DURATION=3 ROUNDS=1 BULK_REPS=1
 #   SCALE=10         pgbench scale factor
 #   TARGETS="direct pgbouncer pgveil"   arms to run (any subset)
+#   PGVEIL_THREADS=1 pgveil's worker_threads (pgbouncer runs one thread;
+#                    on a small machine shared with PostgreSQL and pgbench,
+#                    one thread leaves the most CPU to the server)
 #   PGVEIL_BIN       pgveil binary (default target/release/pgveil, built
 #                    with cargo if missing)
 #   PGBIN            PostgreSQL server binaries (default: pg_config --bindir,
@@ -32,6 +35,7 @@ else
     BULK_REPS=${BULK_REPS:-3}
 fi
 SCALE=${SCALE:-10}
+PGVEIL_THREADS=${PGVEIL_THREADS:-1}
 TARGETS=${TARGETS:-"direct pgbouncer pgveil"}
 
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -41,6 +45,7 @@ is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 is_uint "$DURATION" && (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION must be 1..600 seconds"
 is_uint "$ROUNDS" && (( ROUNDS >= 1 && ROUNDS <= 50 )) || die "ROUNDS must be 1..50"
 is_uint "$BULK_REPS" && (( BULK_REPS >= 1 && BULK_REPS <= 20 )) || die "BULK_REPS must be 1..20"
+is_uint "$PGVEIL_THREADS" && (( PGVEIL_THREADS >= 1 && PGVEIL_THREADS <= 1024 )) || die "PGVEIL_THREADS must be 1..1024"
 is_uint "$SCALE" && (( SCALE >= 1 && SCALE <= 1000 )) || die "SCALE must be 1..1000"
 
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -293,6 +298,7 @@ if want pgveil; then
     free_port; VPORT=$FREE_PORT
     cat >"$TMP/pgveil.toml" <<EOF
 listen = ["127.0.0.1:$VPORT"]
+worker_threads = $PGVEIL_THREADS
 
 [server]
 address = "127.0.0.1:$PGPORT_"
@@ -458,7 +464,7 @@ REPORT="$TMP/report.txt"
 {
     echo "pgveil benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit"
     echo "machine: $(nproc) cores; $pg_version; ${bouncer_version:-pgbouncer n/a}; ${veil_version:-pgveil n/a}"
-    echo "targets: ${ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE; medians"
+    echo "targets: ${ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE pgveil_threads=$PGVEIL_THREADS; medians"
     echo "pgbench rows: TPS (pgbench -S -n -M mode -c N -j M); bulk row: rows/s (psql -A -t, output to /dev/null)"
     echo
     printf '%-36s | %12s | %14s | %12s | %14s | %17s\n' \

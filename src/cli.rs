@@ -43,14 +43,37 @@ enum Command {
     },
 }
 
+/// A command, ready to run.
+enum Job {
+    Serve(Box<Config>, PathBuf),
+    Check(PathBuf),
+    Demo(u16),
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` reads its configuration before the runtime starts: the
+    // configuration sizes the runtime.
+    let job = match cli.command {
+        Command::Serve { config: path } => match Config::load(&path) {
+            Ok(config) => Job::Serve(Box::new(config), path),
+            Err(e) => {
+                eprintln!("pgveil: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Check { config } => Job::Check(config),
+        Command::Demo { port } => Job::Demo(port),
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Job::Serve(config, _) = &job {
+        if let Some(threads) = config.worker_threads {
+            builder.worker_threads(threads);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgveil: cannot start the async runtime: {e}");
@@ -58,10 +81,10 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::Check { config } => crate::check::run(&config).await,
-            Command::Demo { port } => crate::demo::run(port).await,
+        match job {
+            Job::Serve(config, path) => serve(*config, path).await,
+            Job::Check(path) => crate::check::run(&path).await,
+            Job::Demo(port) => crate::demo::run(port).await,
         }
     });
     match result {
@@ -83,8 +106,7 @@ fn init_logging() {
         .init();
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(config, &path)?);
     let listeners = gateway.bind().await?;
     gateway.serve(listeners, shutdown_signal()).await;

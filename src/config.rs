@@ -62,6 +62,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Addresses to accept clients on.
     pub listen: Vec<SocketAddr>,
+    /// Threads that run sessions; absent means one per CPU core.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     /// TLS towards clients; absent means clients are answered 'N' to SSLRequest.
     pub tls: Option<TlsConfig>,
     /// The real PostgreSQL server.
@@ -318,6 +321,12 @@ impl Config {
         if self.listen.is_empty() {
             return Err(invalid("listen", "at least one address is needed"));
         }
+        if self
+            .worker_threads
+            .is_some_and(|n| !(1..=1024).contains(&n))
+        {
+            return Err(invalid("worker_threads", "must be between 1 and 1024"));
+        }
         if self.auth.method == AuthMethod::Trust
             && !self.listen.iter().all(|a| a.ip().is_loopback())
         {
@@ -479,6 +488,15 @@ method = "trust"
         let config = parse(&text).unwrap();
         assert_eq!(config.server_database("app"), Some("prod"));
         assert_eq!(config.server_database("other"), None);
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let with =
+            |n: &str| MINIMAL.replace("[server]", &format!("worker_threads = {n}\n[server]"));
+        assert_eq!(parse(&with("2")).unwrap().worker_threads, Some(2));
+        let err = parse(&with("0")).unwrap_err().to_string();
+        assert!(err.contains("worker_threads"), "{err}");
     }
 
     #[test]

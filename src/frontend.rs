@@ -418,8 +418,15 @@ impl Gateway {
             initial_status: server.status,
             expires_at: info.identity.expires_at,
         };
-        let (ended, totals) =
-            relay::run(&ctx, (client, leftover), (server.stream, server.leftover)).await;
+        let mut server_stream = server.stream;
+        let (client_rd, client_wr) = client.split();
+        let (server_rd, server_wr) = server_stream.split();
+        let (ended, totals) = relay::run(
+            &ctx,
+            (client_rd, client_wr, leftover),
+            (server_rd, server_wr, server.leftover),
+        )
+        .await;
         if let relay::Ended::ClientProtocol(reason) | relay::Ended::ServerProtocol(reason) = &ended
         {
             tracing::warn!(reason = %reason, "protocol violation");

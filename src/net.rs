@@ -5,17 +5,42 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{tcp, TcpStream};
+use tokio_rustls::TlsStream;
+use tokio_util::either::Either;
+
+/// The read half of a [`Stream`].
+pub type ReadHalf<'a> =
+    Either<tcp::ReadHalf<'a>, tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>>;
+/// The write half of a [`Stream`].
+pub type WriteHalf<'a> =
+    Either<tcp::WriteHalf<'a>, tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>>;
 
 /// A TCP connection, plain or under TLS (either side of the handshake).
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Stream {
+    /// Splits the connection into halves that one task drives together.
+    /// Plain TCP splits without a lock; TLS shares its session state between
+    /// the halves.
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        match self {
+            Self::Plain(tcp) => {
+                let (rd, wr) = tcp.split();
+                (Either::Left(rd), Either::Left(wr))
+            }
+            Self::Tls(tls) => {
+                let (rd, wr) = tokio::io::split(tls.as_mut());
+                (Either::Right(rd), Either::Right(wr))
+            }
+        }
+    }
+
     /// The local address of the underlying TCP connection.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         let tcp = match self {
@@ -29,8 +54,8 @@ impl Stream {
     pub fn tls_version(&self) -> Option<&'static str> {
         let Self::Tls(tls) = self else { return None };
         let version = match tls.as_ref() {
-            tokio_rustls::TlsStream::Client(s) => s.get_ref().1.protocol_version(),
-            tokio_rustls::TlsStream::Server(s) => s.get_ref().1.protocol_version(),
+            TlsStream::Client(s) => s.get_ref().1.protocol_version(),
+            TlsStream::Server(s) => s.get_ref().1.protocol_version(),
         };
         version.and_then(|v| v.as_str())
     }

@@ -20,10 +20,13 @@
 //! of its own and written when it reaches the front of the queue, so it
 //! reaches the client in order after every response to earlier requests.
 //!
-//! Writes are coalesced: each pump forwards everything one read returned in
-//! a single write, and flushes early only past a high-water mark. A slow
-//! client therefore stops the server pump at its write, which stops reads from
-//! the server: backpressure reaches the server instead of filling memory.
+//! Each pump walks the messages of its read buffer in place and writes the
+//! forwarded ones straight from that buffer; only what pgveil drops, adds or
+//! rewrites costs a copy. Writes are coalesced: each pump forwards everything
+//! one read returned in a single write, and flushes early only past a
+//! high-water mark. A slow client therefore stops the server pump at its
+//! write, which stops reads from the server: backpressure reaches the server
+//! instead of filling memory.
 //!
 //! Limits of this version: a refused statement inside an explicit
 //! transaction does not put the server's transaction into the failed state,
@@ -31,11 +34,11 @@
 //! still run.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -164,6 +167,8 @@ struct Shared {
     ops: Mutex<VecDeque<Op>>,
     /// Wakes the server pump when a Reply is queued.
     reply_queued: Notify,
+    /// Replies in `ops`; lets the server pump skip the lock when zero.
+    replies: AtomicUsize,
     bytes_from_client: AtomicU64,
     bytes_to_client: AtomicU64,
     statements: AtomicU64,
@@ -181,22 +186,24 @@ impl Shared {
 /// other side as the protocol expects. Not cancel safe: dropping it mid-way
 /// may cut a message in half (the session is over in that case anyway).
 ///
-/// Each side comes with the bytes already read from it during startup
-/// (messages the client pipelined behind its StartupMessage, say).
-pub async fn run<C, S>(
+/// Each side comes as its read half, its write half and the bytes already
+/// read from it during startup (messages the client pipelined behind its
+/// StartupMessage, say).
+pub async fn run<CR, CW, SR, SW>(
     ctx: &RelayContext<'_>,
-    (client, client_leftover): (C, BytesMut),
-    (server, server_leftover): (S, BytesMut),
+    (mut client_rd, mut client_wr, client_leftover): (CR, CW, BytesMut),
+    (mut server_rd, mut server_wr, server_leftover): (SR, SW, BytesMut),
 ) -> (Ended, SessionTotals)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
 {
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut server_rd, mut server_wr) = tokio::io::split(server);
     let shared = Shared {
         ops: Mutex::new(VecDeque::new()),
         reply_queued: Notify::new(),
+        replies: AtomicUsize::new(0),
         bytes_from_client: AtomicU64::new(0),
         bytes_to_client: AtomicU64::new(0),
         statements: AtomicU64::new(0),
@@ -290,7 +297,9 @@ impl<'a> ClientPump<'a> {
         W: AsyncWrite + Unpin,
     {
         let mut inbuf = std::mem::take(&mut self.inbuf);
-        let mut out = BytesMut::with_capacity(READ_CHUNK);
+        // Bytes that cannot be forwarded straight from `inbuf` (the part
+        // before a dropped message); empty in the common case.
+        let mut out = BytesMut::new();
         let deadline = self.ctx.deadline();
         loop {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -298,37 +307,52 @@ impl<'a> ClientPump<'a> {
                 // server pump ends the session once the queue is empty.
                 return std::future::pending().await;
             }
-            // Frame whatever is buffered (startup leftovers on the first
-            // pass), forward it in one write, then read more.
+            // Walk the buffered messages in place (startup leftovers on the
+            // first pass). Everything in `inbuf[fwd..pos]` is forwarded
+            // verbatim; a dropped message moves `fwd` past itself.
+            let (mut pos, mut fwd, mut need) = (0, 0, 0);
             loop {
-                let frame = match wire::next_frame(&mut inbuf, self.ctx.max_message) {
-                    Ok(Some(frame)) => frame,
+                let total = match wire::frame_len(&inbuf[pos..], self.ctx.max_message) {
+                    Ok(Some(total)) => total,
                     Ok(None) => break,
                     Err(e) => return Ended::ClientProtocol(client_frame_error(&e)),
                 };
-                let route = match self.route(frame.tag(), frame.body()) {
+                if inbuf.len() - pos < total {
+                    need = total - (inbuf.len() - pos);
+                    break;
+                }
+                let body = &inbuf[pos + wire::HEADER_LEN..pos + total];
+                let route = match self.route(inbuf[pos], body) {
                     Ok(route) => route,
                     Err(message) => return Ended::ClientProtocol(message),
                 };
-                if !matches!(route, Route::Drop) {
-                    out.extend_from_slice(frame.bytes());
-                }
-                if matches!(route, Route::Terminate) {
-                    return match self.flush(server, &mut out).await {
-                        Ok(()) => Ended::Terminated,
-                        Err(e) => Ended::ServerIo(e),
-                    };
-                }
-                if out.len() >= WRITE_HIGH_WATER {
-                    if let Err(e) = self.flush(server, &mut out).await {
-                        return Ended::ServerIo(e);
+                match route {
+                    Route::Forward => pos += total,
+                    Route::Drop => {
+                        out.extend_from_slice(&inbuf[fwd..pos]);
+                        pos += total;
+                        fwd = pos;
+                    }
+                    Route::Terminate => {
+                        pos += total;
+                        return match self.flush(server, &mut out, &inbuf[fwd..pos]).await {
+                            Ok(()) => Ended::Terminated,
+                            Err(e) => Ended::ServerIo(e),
+                        };
                     }
                 }
+                if out.len() + (pos - fwd) >= WRITE_HIGH_WATER {
+                    if let Err(e) = self.flush(server, &mut out, &inbuf[fwd..pos]).await {
+                        return Ended::ServerIo(e);
+                    }
+                    fwd = pos;
+                }
             }
-            if let Err(e) = self.flush(server, &mut out).await {
+            if let Err(e) = self.flush(server, &mut out, &inbuf[fwd..pos]).await {
                 return Ended::ServerIo(e);
             }
-            inbuf.reserve(READ_CHUNK);
+            inbuf.advance(pos);
+            inbuf.reserve(need.max(READ_CHUNK));
             match client.read_buf(&mut inbuf).await {
                 Ok(0) => return Ended::ClientClosed,
                 Ok(n) => {
@@ -345,25 +369,27 @@ impl<'a> ClientPump<'a> {
         }
     }
 
-    /// Queues the pending ops, then writes: a response can never arrive
-    /// before the op it answers is in the queue.
+    /// Queues the pending ops, then writes `out` followed by `tail`: a
+    /// response can never arrive before the op it answers is in the queue.
     async fn flush<W: AsyncWrite + Unpin>(
         &mut self,
         server: &mut W,
         out: &mut BytesMut,
+        tail: &[u8],
     ) -> std::io::Result<()> {
         if !self.ops.is_empty() {
-            let replies = self.ops.iter().any(|op| matches!(op, Op::Reply { .. }));
+            let replies = self
+                .ops
+                .iter()
+                .filter(|op| matches!(op, Op::Reply { .. }))
+                .count();
             self.shared.ops().extend(self.ops.drain(..));
-            if replies {
+            if replies > 0 {
+                self.shared.replies.fetch_add(replies, Ordering::Release);
                 self.shared.reply_queued.notify_one();
             }
         }
-        if !out.is_empty() {
-            server.write_all(out).await?;
-            out.clear();
-        }
-        Ok(())
+        send(server, out, tail).await.map(drop)
     }
 
     /// Decides what to do with one client message.
@@ -485,37 +511,57 @@ impl<'a> ServerPump<'a> {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut out = BytesMut::with_capacity(READ_CHUNK);
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        // Bytes that cannot be forwarded straight from `inbuf` (pgveil's own
+        // replies and what precedes them); empty in the common case.
+        let mut out = BytesMut::new();
         let deadline = self.ctx.deadline();
         loop {
+            // Walk the buffered messages in place; `inbuf[fwd..pos]` goes to
+            // the client verbatim.
+            let (mut pos, mut fwd, mut need) = (0, 0, 0);
             loop {
-                let frame = match wire::next_frame(&mut self.inbuf, MAX_SERVER_MESSAGE) {
-                    Ok(Some(frame)) => frame,
+                let total = match wire::frame_len(&inbuf[pos..], MAX_SERVER_MESSAGE) {
+                    Ok(Some(total)) => total,
                     Ok(None) => break,
                     Err(e) => return Ended::ServerProtocol(e.to_string()),
                 };
-                self.on_message(frame.tag(), frame.body());
-                out.extend_from_slice(frame.bytes());
-                self.drain_replies(&mut out);
-                if out.len() >= WRITE_HIGH_WATER {
-                    if let Err(e) = self.write(client, &mut out).await {
+                if inbuf.len() - pos < total {
+                    need = total - (inbuf.len() - pos);
+                    break;
+                }
+                self.on_message(inbuf[pos], &inbuf[pos + wire::HEADER_LEN..pos + total]);
+                pos += total;
+                if self.shared.replies.load(Ordering::Acquire) > 0 {
+                    out.extend_from_slice(&inbuf[fwd..pos]);
+                    fwd = pos;
+                    self.drain_replies(&mut out);
+                }
+                if out.len() + (pos - fwd) >= WRITE_HIGH_WATER {
+                    if let Err(e) = self.write(client, &mut out, &inbuf[fwd..pos]).await {
                         return Ended::ClientIo(e);
                     }
+                    fwd = pos;
                 }
             }
-            self.drain_replies(&mut out);
-            if let Err(e) = self.write(client, &mut out).await {
+            if self.shared.replies.load(Ordering::Acquire) > 0 {
+                out.extend_from_slice(&inbuf[fwd..pos]);
+                fwd = pos;
+                self.drain_replies(&mut out);
+            }
+            if let Err(e) = self.write(client, &mut out, &inbuf[fwd..pos]).await {
                 return Ended::ClientIo(e);
             }
+            inbuf.advance(pos);
             if self.expired && self.shared.ops().is_empty() {
                 return Ended::Expired;
             }
-            self.inbuf.reserve(READ_CHUNK);
+            inbuf.reserve(need.max(READ_CHUNK));
             tokio::select! {
                 biased;
                 () = self.shared.reply_queued.notified() => {}
                 () = sleep_until(deadline), if !self.expired => self.expired = true,
-                read = server.read_buf(&mut self.inbuf) => match read {
+                read = server.read_buf(&mut inbuf) => match read {
                     Ok(0) => return Ended::ServerClosed { explained: self.server_fatal },
                     Ok(_) => {}
                     Err(e) => return Ended::ServerIo(e),
@@ -528,15 +574,12 @@ impl<'a> ServerPump<'a> {
         &self,
         client: &mut W,
         out: &mut BytesMut,
+        tail: &[u8],
     ) -> std::io::Result<()> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        client.write_all(out).await?;
+        let sent = send(client, out, tail).await?;
         self.shared
             .bytes_to_client
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        out.clear();
+            .fetch_add(sent as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -552,6 +595,7 @@ impl<'a> ServerPump<'a> {
             else {
                 break;
             };
+            self.shared.replies.fetch_sub(1, Ordering::AcqRel);
             out.extend_from_slice(&message);
             if then_ready {
                 wire::put_ready(out, self.status);
@@ -677,6 +721,27 @@ impl<'a> ServerPump<'a> {
             outcome,
         });
     }
+}
+
+/// Writes `out` followed by `tail` in one write, straight from `tail` when
+/// `out` is empty (the common case: nothing rewritten). Returns the bytes
+/// written.
+async fn send<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    out: &mut BytesMut,
+    tail: &[u8],
+) -> std::io::Result<usize> {
+    if out.is_empty() {
+        if !tail.is_empty() {
+            to.write_all(tail).await?;
+        }
+        return Ok(tail.len());
+    }
+    out.extend_from_slice(tail);
+    to.write_all(out).await?;
+    let sent = out.len();
+    out.clear();
+    Ok(sent)
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -100,10 +100,12 @@ fn start(policy: Policy, max_message: usize) -> Rig {
             initial_status: b'I',
             expires_at: None,
         };
+        let (client_rd, client_wr) = tokio::io::split(relay_client);
+        let (server_rd, server_wr) = tokio::io::split(relay_server);
         run(
             &ctx,
-            (relay_client, BytesMut::new()),
-            (relay_server, BytesMut::new()),
+            (client_rd, client_wr, BytesMut::new()),
+            (server_rd, server_wr, BytesMut::new()),
         )
         .await
     });

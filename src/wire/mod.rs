@@ -170,7 +170,7 @@ impl std::fmt::Debug for Frame {
 /// length is checked against `limit` as soon as the header is in, so an
 /// oversized message is refused before its body is read.
 pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, FrameError> {
-    let Some(total) = peek_frame_len(buf, limit)? else {
+    let Some(total) = frame_len(buf, limit)? else {
         return Ok(None);
     };
     if buf.len() < total {
@@ -183,8 +183,9 @@ pub fn next_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, Fra
 }
 
 /// The total size (header included) of the message at the front of `buf`,
-/// once its header has arrived.
-fn peek_frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> {
+/// once its header has arrived; the body may still be incomplete. Lets a
+/// pump walk the messages of a buffer in place, without splitting it.
+pub fn frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
