@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod core;
 mod harness;
+mod masking;
 mod oidc;
 mod raw;
 mod tls;
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
     cases.extend(core::cases());
     cases.extend(tls::cases());
     cases.extend(oidc::cases());
+    cases.extend(masking::cases());
     cases.extend(bad_input::cases());
     cases.extend(cli::cases());
     run_cases(ctx, cases)

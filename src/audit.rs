@@ -36,6 +36,8 @@ pub struct StatementEvent {
     pub rows: u64,
     /// How it ended.
     pub outcome: Outcome,
+    /// Result columns masked, as `column(rule)`.
+    pub masked: Vec<String>,
 }
 
 /// Totals for a session, reported when it ends.
@@ -90,6 +92,7 @@ impl Audit {
             rows = event.rows,
             duration_us = event.duration.as_micros() as u64,
             outcome = ?event.outcome,
+            masked = ?event.masked,
             "statement"
         );
     }

@@ -127,6 +127,17 @@ impl ServerTarget {
         })
     }
 
+    /// A plain-TCP target at `address` (the demo's own client).
+    pub fn plain(address: &str, connect_timeout: Duration) -> Self {
+        Self {
+            address: address.to_owned(),
+            host: String::new(),
+            mode: ServerTlsMode::Disable,
+            connector: None,
+            connect_timeout,
+        }
+    }
+
     /// The configured address.
     pub fn address(&self) -> &str {
         &self.address

@@ -62,10 +62,45 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(masking) = gateway.masking() {
+        problems += lint_rules(&gateway, masking, &database).await;
+    }
     if problems > 0 {
         bail!("{problems} problem(s) found");
     }
     Ok(())
+}
+
+/// Lints the masking rules against the catalog of `database`; returns the
+/// number of findings.
+async fn lint_rules(gateway: &Gateway, masking: &crate::mask::Masking, database: &str) -> usize {
+    let rules = masking.rules();
+    println!(
+        "masking rules {}: {} rule(s), {} detector rule(s) in {} file(s)",
+        masking.dir().display(),
+        rules.rules.len(),
+        rules.detects.len(),
+        rules.files.len()
+    );
+    let login = gateway.auth().default_login();
+    let catalog = match masking
+        .read_catalog(database, gateway.target(), login)
+        .await
+    {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            println!("masking catalog of database {database}: FAILED: {e}");
+            return 1;
+        }
+    };
+    let findings = crate::mask::lint::lint(&rules, &catalog, &gateway.auth().mapped_groups());
+    for finding in &findings {
+        println!("  problem: {finding}");
+    }
+    if findings.is_empty() {
+        println!("  every rule matches the schema of database {database}");
+    }
+    findings.len()
 }
 
 /// Finds `server_version` among the login's ParameterStatus messages.

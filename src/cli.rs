@@ -41,6 +41,20 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Work with masking rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run the fixtures in DIR/tests against the rules in DIR (no database).
+    Test {
+        /// The rule directory.
+        dir: PathBuf,
+    },
 }
 
 /// A command, ready to run.
@@ -66,6 +80,9 @@ pub fn main() -> ExitCode {
         },
         Command::Check { config } => Job::Check(config),
         Command::Demo { port } => Job::Demo(port),
+        Command::Rules {
+            command: RulesCommand::Test { dir },
+        } => return rules_test(&dir),
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Job::Serve(config, _) = &job {
@@ -93,6 +110,26 @@ pub fn main() -> ExitCode {
             eprintln!("pgveil: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs rule fixtures and prints a line per failure and a total.
+fn rules_test(dir: &std::path::Path) -> ExitCode {
+    let report = match crate::mask::fixtures::run(dir) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("pgveil: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for failure in &report.failures {
+        println!("FAILED {failure}");
+    }
+    println!("{} passed, {} failed", report.passed, report.failures.len());
+    if report.failures.is_empty() && report.passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -81,6 +81,23 @@ pub struct Config {
     /// Timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Inline masking of result rows; absent means rows pass unchanged.
+    pub masking: Option<MaskingConfig>,
+}
+
+/// `[masking]`: where the rule files are and how often the catalog is read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// Directory of `*.toml` rule files.
+    pub rules_dir: PathBuf,
+    /// How often each database's catalog map is read again.
+    #[serde(default = "default_catalog_refresh", with = "humantime_serde")]
+    pub catalog_refresh: Duration,
+}
+
+fn default_catalog_refresh() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[tls]`: the certificate pgveil shows to clients.
@@ -326,6 +343,11 @@ impl Config {
             .is_some_and(|n| !(1..=1024).contains(&n))
         {
             return Err(invalid("worker_threads", "must be between 1 and 1024"));
+        }
+        if let Some(m) = &self.masking {
+            if m.catalog_refresh < Duration::from_secs(1) {
+                return Err(invalid("masking.catalog_refresh", "must be at least 1s"));
+            }
         }
         if self.auth.method == AuthMethod::Trust
             && !self.listen.iter().all(|a| a.ip().is_loopback())

@@ -21,6 +21,20 @@ use crate::pgtemp::{Options, TempCluster};
 /// The sample schema and rows, built into the binary so the demo runs from
 /// any directory.
 const SAMPLE_SCHEMA: &str = include_str!("../testdata/schema.sql");
+/// The shipped masking rules, written beside the cluster for the demo.
+const DEMO_RULES: [(&str, &str); 2] = [
+    (
+        "customers.toml",
+        include_str!("../masking-rules/customers.toml"),
+    ),
+    (
+        "free-text.toml",
+        include_str!("../masking-rules/free-text.toml"),
+    ),
+];
+/// The query the demo shows for both identities.
+const SIDE_BY_SIDE_SQL: &str = "SELECT id, full_name, email, card_number, national_id, \
+     birth_date FROM customers ORDER BY id LIMIT 3";
 /// Database holding the sample data.
 const DEMO_DATABASE: &str = "demo";
 /// The demo issuer's name (never reachable: its keys come from a file).
@@ -43,7 +57,7 @@ const PERSONAS: [Persona; 2] = [
         user: "ana",
         group: "analysts",
         role: "veil_analyst",
-        what: "an analyst (the group that masking rules will restrict)",
+        what: "an analyst (masking rules restrict this group)",
     },
     Persona {
         user: "dora",
@@ -60,7 +74,12 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     let (jwks, key) = demo_issuer_key()?;
     let jwks_file = cluster.dir().join("demo-issuer-jwks.json");
     std::fs::write(&jwks_file, serde_json::to_vec(&jwks)?)?;
-    let config_text = demo_config(port, cluster.port(), &cluster, &jwks_file);
+    let rules_dir = write_demo_rules(&cluster)?;
+    let mut config_text = demo_config(port, cluster.port(), &cluster, &jwks_file);
+    config_text.push_str(&format!(
+        "\n[masking]\nrules_dir = \"{}\"\n",
+        rules_dir.display()
+    ));
     let config_path = cluster.dir().join("pgveil-demo.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = Config::parse(&config_text, &config_path)?;
@@ -76,9 +95,13 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         .map(|p| mint_token(&key, p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     print_instructions(port, &cluster, &tokens);
-    gateway
-        .serve(listeners, crate::cli::shutdown_signal())
-        .await;
+    let serving = gateway.serve(listeners, crate::cli::shutdown_signal());
+    let shown = show_side_by_side(port, &tokens);
+    tokio::pin!(serving);
+    tokio::select! {
+        () = &mut serving => {}
+        () = shown => serving.await,
+    }
     println!(
         "\nStopping PostgreSQL and removing {} ...",
         cluster.dir().display()
@@ -126,6 +149,55 @@ jwks_file = "{jwks}"
         ));
     }
     text
+}
+
+/// Writes the shipped rules to the cluster's directory, with a fresh hash
+/// key in a file instead of the environment variable they name.
+fn write_demo_rules(cluster: &TempCluster) -> anyhow::Result<std::path::PathBuf> {
+    let dir = cluster.dir().join("masking-rules");
+    std::fs::create_dir_all(&dir)?;
+    let key = format!("{:032x}", rand::random::<u128>());
+    std::fs::write(dir.join("demo-mask-key"), key)?;
+    for (name, text) in DEMO_RULES {
+        let text = text.replace(
+            "key_env = \"PGVEIL_MASK_KEY\"",
+            "key_file = \"demo-mask-key\"",
+        );
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(dir)
+}
+
+/// Runs the same query through the gateway as each demo identity and prints
+/// the results one after the other: what masking does, at a glance.
+async fn show_side_by_side(port: u16, tokens: &[String]) {
+    let target =
+        crate::backend::ServerTarget::plain(&format!("127.0.0.1:{port}"), Duration::from_secs(5));
+    println!("\nThe same query through pgveil for each identity:\n  {SIDE_BY_SIDE_SQL}\n");
+    for (persona, token) in PERSONAS.iter().zip(tokens) {
+        let login = crate::auth::Login {
+            user: persona.user.to_owned(),
+            password: Some(crate::config::Secret::new(token.clone())),
+        };
+        let rows = async {
+            let mut conn = target.connect(&login, DEMO_DATABASE, &[]).await.ok()?;
+            crate::mask::catalog::simple_query(&mut conn, SIDE_BY_SIDE_SQL)
+                .await
+                .ok()
+        };
+        println!("  as {} ({}):", persona.user, persona.group);
+        match rows.await {
+            Some(rows) => {
+                for row in rows {
+                    let cells: Vec<&str> =
+                        row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                    println!("    {}", cells.join(" | "));
+                }
+            }
+            None => println!("    (the query failed; see the log)"),
+        }
+    }
+    println!();
 }
 
 /// Starts the cluster, creates the server roles and loads the sample data.

@@ -26,6 +26,7 @@ use crate::auth::{self, Auth, Login, MAX_TOKEN_BYTES};
 use crate::backend::{BackendError, ServerTarget};
 use crate::cancel::{CancelRegistry, Key};
 use crate::config::Config;
+use crate::mask::{Masking, SessionMask};
 use crate::net::Stream;
 use crate::policy::Policy;
 use crate::relay::{self, RelayContext};
@@ -54,6 +55,9 @@ pub enum StartError {
     /// Client TLS set-up problem.
     #[error("client TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// A masking rule file is bad.
+    #[error(transparent)]
+    Rules(#[from] crate::mask::rules::RuleError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -108,6 +112,7 @@ pub struct Gateway {
     policy: Policy,
     audit: Audit,
     slots: Arc<Semaphore>,
+    masking: Option<Masking>,
 }
 
 /// What the client asked for in its first packets.
@@ -126,6 +131,11 @@ impl Gateway {
         let target = ServerTarget::from_config(&config)?;
         let auth = Auth::from_config(&config, path)?;
         let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+        let masking = config
+            .masking
+            .as_ref()
+            .map(|m| Masking::load(&m.rules_dir, m.catalog_refresh))
+            .transpose()?;
         Ok(Self {
             config,
             acceptor,
@@ -135,7 +145,13 @@ impl Gateway {
             policy: Policy::allow_all(),
             audit: Audit,
             slots,
+            masking,
         })
+    }
+
+    /// The masking state, when `[masking]` is configured.
+    pub fn masking(&self) -> Option<&Masking> {
+        self.masking.as_ref()
     }
 
     /// The server target, for `pgveil check`.
@@ -169,6 +185,10 @@ impl Gateway {
     ) {
         self.auth.spawn_key_refresh();
         let mut tasks = tokio::task::JoinSet::new();
+        if self.masking.is_some() {
+            tasks.spawn(self.clone().watch_rules());
+            tasks.spawn(self.clone().refresh_catalogs());
+        }
         for listener in listeners {
             tasks.spawn(self.clone().accept_loop(listener));
         }
@@ -410,6 +430,10 @@ impl Gateway {
             return;
         }
         self.audit.session_started(&info);
+        let mask = match self.session_mask(&info).await {
+            Ok(mask) => mask,
+            Err(refusal) => return refuse(&mut Some(client), &refusal).await,
+        };
         let ctx = RelayContext {
             identity: &info.identity,
             policy: &self.policy,
@@ -417,6 +441,7 @@ impl Gateway {
             max_message: self.config.limits.max_message_bytes,
             initial_status: server.status,
             expires_at: info.identity.expires_at,
+            mask: mask.as_ref(),
         };
         let mut server_stream = server.stream;
         let (client_rd, client_wr) = client.split();
@@ -432,6 +457,92 @@ impl Gateway {
             tracing::warn!(reason = %reason, "protocol violation");
         }
         self.audit.session_ended(&totals, ended.as_str());
+    }
+
+    /// The session's view of masking. A covered identity needs the catalog
+    /// of its database; if it cannot be read, the session is refused rather
+    /// than served without masking.
+    async fn session_mask(&self, info: &SessionInfo) -> Result<Option<SessionMask<'_>>, Refusal> {
+        let Some(masking) = &self.masking else {
+            return Ok(None);
+        };
+        let mask = SessionMask {
+            masking,
+            target: &self.target,
+            login: self.auth.default_login(),
+            database: info.database.clone(),
+            groups: info.identity.groups.clone(),
+        };
+        if mask.covered() {
+            if let Err(e) = masking
+                .catalog(&info.database, &self.target, self.auth.default_login())
+                .await
+            {
+                tracing::error!(error = %e, "cannot read the catalog for masking");
+                return Err(Refusal::new(
+                    sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                    "pgveil cannot read the database catalog that masking needs",
+                ));
+            }
+        }
+        Ok(Some(mask))
+    }
+
+    /// Reloads the masking rules on SIGHUP and when a rule file changes.
+    /// A bad file is logged and the rules in force stay.
+    async fn watch_rules(self: Arc<Self>) {
+        let Some(masking) = &self.masking else { return };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; rules reload on change only");
+                None
+            }
+        };
+        let mut seen = crate::mask::dir_signature(masking.dir());
+        let mut poll = tokio::time::interval(crate::mask::RULES_POLL);
+        loop {
+            let by_signal = async {
+                match hup.as_mut() {
+                    Some(h) => drop(h.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = by_signal => {}
+                _ = poll.tick() => {
+                    let now = crate::mask::dir_signature(masking.dir());
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                }
+            }
+            match masking.reload() {
+                Ok(count) => tracing::info!(rules = count, "masking rules reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "masking rules not reloaded; the old rules stay")
+                }
+            }
+        }
+    }
+
+    /// Reads every kept catalog again on the refresh interval.
+    async fn refresh_catalogs(self: Arc<Self>) {
+        let Some(masking) = &self.masking else { return };
+        let mut tick = tokio::time::interval(masking.refresh());
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for db in masking.databases() {
+                if let Err(e) = masking
+                    .read_catalog(&db, &self.target, self.auth.default_login())
+                    .await
+                {
+                    tracing::warn!(error = %e, database = %db, "masking catalog refresh failed");
+                }
+            }
+        }
     }
 
     /// Reads what the client asks for from its startup parameters.

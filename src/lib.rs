@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod frontend;
+pub mod mask;
 pub mod net;
 pub mod pgtemp;
 pub mod policy;

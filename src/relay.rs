@@ -33,8 +33,9 @@
 //! and statements before a refused one in the same extended-protocol batch
 //! still run.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -43,6 +44,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::audit::{Audit, Outcome, SessionTotals, StatementEvent};
+use crate::mask::copy::{self, CopyFormat};
+use crate::mask::plan::{self, Field, Plan};
+use crate::mask::SessionMask;
 use crate::policy::{Decision, Policy};
 use crate::session::Identity;
 use crate::wire::{self, sqlstate, tag, FrameError, Severity};
@@ -71,6 +75,8 @@ pub struct RelayContext<'a> {
     /// When the client's proof of identity expires. The statement running
     /// then may finish; then the session ends with a FATAL error.
     pub expires_at: Option<std::time::SystemTime>,
+    /// Masking, when rules are configured.
+    pub mask: Option<&'a SessionMask<'a>>,
 }
 
 impl RelayContext<'_> {
@@ -129,16 +135,36 @@ impl Ended {
 enum Op {
     /// A simple-protocol Query; answered up to ReadyForQuery.
     Query(Tracker),
-    Parse,
-    Bind,
-    Describe,
-    /// An Execute; answered by CommandComplete, EmptyQueryResponse,
-    /// PortalSuspended or ErrorResponse.
-    Execute(Tracker),
+    /// A Parse of the named statement (names are kept only with masking).
+    Parse(Vec<u8>),
+    /// A Bind of a portal to a statement, with its result format codes.
+    Bind {
+        portal: Vec<u8>,
+        statement: Vec<u8>,
+        formats: Vec<i16>,
+    },
+    /// A Describe of a statement (`S`) or portal (`P`); `injected` when
+    /// pgveil sent it itself and swallows the answer.
+    Describe {
+        kind: u8,
+        name: Vec<u8>,
+        injected: bool,
+    },
+    /// An Execute of a portal; answered by CommandComplete,
+    /// EmptyQueryResponse, PortalSuspended or ErrorResponse.
+    Execute(Tracker, Vec<u8>),
     Close,
     Sync,
     /// A FunctionCall; answered up to ReadyForQuery.
     FunctionCall(Tracker),
+    /// pgveil's own Parse, Describe and Sync of the SELECT equivalent to
+    /// the COPY TO STDOUT queued after it; every answer up to its
+    /// ReadyForQuery is swallowed.
+    CopyProbe {
+        format: CopyFormat,
+        fields: Option<Vec<Field>>,
+        failed: bool,
+    },
     /// A reply pgveil makes itself; `then_ready` appends ReadyForQuery with
     /// the current transaction status.
     Reply {
@@ -169,9 +195,14 @@ struct Shared {
     reply_queued: Notify,
     /// Replies in `ops`; lets the server pump skip the lock when zero.
     replies: AtomicUsize,
+    /// Copy probes in `ops`; likewise.
+    probes: AtomicUsize,
     bytes_from_client: AtomicU64,
     bytes_to_client: AtomicU64,
     statements: AtomicU64,
+    /// DDL passed through: read the masking catalog again before the next
+    /// statement.
+    catalog_stale: AtomicBool,
 }
 
 impl Shared {
@@ -204,9 +235,11 @@ where
         ops: Mutex::new(VecDeque::new()),
         reply_queued: Notify::new(),
         replies: AtomicUsize::new(0),
+        probes: AtomicUsize::new(0),
         bytes_from_client: AtomicU64::new(0),
         bytes_to_client: AtomicU64::new(0),
         statements: AtomicU64::new(0),
+        catalog_stale: AtomicBool::new(false),
     };
     let ended = {
         let mut up = ClientPump::new(ctx, &shared, client_leftover);
@@ -278,6 +311,9 @@ struct ClientPump<'a> {
     discarding: bool,
     ops: Vec<Op>,
     inbuf: BytesMut,
+    /// Prepared statements whose description the server pump will know
+    /// (the client described them since their Parse); with masking only.
+    described: HashSet<Vec<u8>>,
 }
 
 impl<'a> ClientPump<'a> {
@@ -288,6 +324,7 @@ impl<'a> ClientPump<'a> {
             discarding: false,
             ops: Vec::new(),
             inbuf: leftover,
+            described: HashSet::new(),
         }
     }
 
@@ -306,6 +343,11 @@ impl<'a> ClientPump<'a> {
                 // Past the token's expiry nothing new is forwarded; the
                 // server pump ends the session once the queue is empty.
                 return std::future::pending().await;
+            }
+            if self.shared.catalog_stale.swap(false, Ordering::AcqRel) {
+                if let Some(mask) = self.ctx.mask {
+                    mask.refresh().await;
+                }
             }
             // Walk the buffered messages in place (startup leftovers on the
             // first pass). Everything in `inbuf[fwd..pos]` is forwarded
@@ -328,6 +370,18 @@ impl<'a> ClientPump<'a> {
                 };
                 match route {
                     Route::Forward => pos += total,
+                    Route::Prefix(extra) => {
+                        out.extend_from_slice(&inbuf[fwd..pos]);
+                        out.extend_from_slice(&extra);
+                        fwd = pos;
+                        pos += total;
+                    }
+                    Route::Inject(extra) => {
+                        pos += total;
+                        out.extend_from_slice(&inbuf[fwd..pos]);
+                        out.extend_from_slice(&extra);
+                        fwd = pos;
+                    }
                     Route::Drop => {
                         out.extend_from_slice(&inbuf[fwd..pos]);
                         pos += total;
@@ -400,20 +454,52 @@ impl<'a> ClientPump<'a> {
         let op = match tag {
             tag::QUERY => {
                 let sql = cstr_field(body, "Query")?;
-                return Ok(self.decide(sql, true, || Op::Query(Tracker::now())));
+                let route = self.decide(sql, true, || Op::Query(Tracker::now()));
+                return Ok(match route {
+                    Route::Forward => self.probe_copy(sql).unwrap_or(Route::Forward),
+                    other => other,
+                });
             }
             tag::PARSE => {
-                let (_name, rest) = wire::take_cstr(body).ok_or("malformed Parse message")?;
+                let (name, rest) = wire::take_cstr(body).ok_or("malformed Parse message")?;
                 let sql = cstr_field(rest, "Parse")?;
-                return Ok(self.decide(sql, false, || Op::Parse));
+                let name = if self.ctx.mask.is_some() {
+                    self.described.remove(name);
+                    name.to_vec()
+                } else {
+                    Vec::new()
+                };
+                return Ok(self.decide(sql, false, || Op::Parse(name)));
             }
             tag::SYNC => {
                 self.discarding = false;
                 Op::Sync
             }
-            tag::BIND => Op::Bind,
-            tag::DESCRIBE => Op::Describe,
-            tag::EXECUTE => Op::Execute(Tracker::now()),
+            tag::BIND => return self.bind(body),
+            tag::DESCRIBE => {
+                let (&kind, rest) = body.split_first().ok_or("malformed Describe message")?;
+                let name = cstr_field(rest, "Describe")?;
+                let name = match self.ctx.mask {
+                    Some(_) if kind == b'S' => {
+                        self.described.insert(name.to_vec());
+                        name.to_vec()
+                    }
+                    Some(_) => name.to_vec(),
+                    None => Vec::new(),
+                };
+                Op::Describe {
+                    kind,
+                    name,
+                    injected: false,
+                }
+            }
+            tag::EXECUTE => {
+                let portal = match self.ctx.mask {
+                    Some(_) => cstr_field(body, "Execute")?.to_vec(),
+                    None => Vec::new(),
+                };
+                Op::Execute(Tracker::now(), portal)
+            }
             tag::CLOSE => Op::Close,
             tag::FUNCTION_CALL => Op::FunctionCall(Tracker::now()),
             tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
@@ -429,6 +515,78 @@ impl<'a> ClientPump<'a> {
         };
         self.ops.push(op);
         Ok(Route::Forward)
+    }
+
+    /// Queues a Bind. With masking, it notes the portal's statement and
+    /// result formats, and when the statement was never described and the
+    /// identity is covered, follows the Bind with a Describe of the portal
+    /// whose answer the server pump swallows: the rows of an Execute must
+    /// always have a known shape.
+    fn bind(&mut self, body: &[u8]) -> Result<Route, String> {
+        let Some(mask) = self.ctx.mask else {
+            self.ops.push(Op::Bind {
+                portal: Vec::new(),
+                statement: Vec::new(),
+                formats: Vec::new(),
+            });
+            return Ok(Route::Forward);
+        };
+        let (portal, statement, formats) =
+            parse_bind(body).ok_or_else(|| "malformed Bind message".to_owned())?;
+        let blind = !self.described.contains(statement) && mask.covered();
+        let portal = portal.to_vec();
+        self.ops.push(Op::Bind {
+            portal: portal.clone(),
+            statement: statement.to_vec(),
+            formats,
+        });
+        if !blind {
+            return Ok(Route::Forward);
+        }
+        let mut describe = BytesMut::new();
+        wire::put_message(&mut describe, tag::DESCRIBE, |b| {
+            b.extend_from_slice(b"P");
+            wire::put_cstr(b, &portal);
+        });
+        self.ops.push(Op::Describe {
+            kind: b'P',
+            name: portal,
+            injected: true,
+        });
+        Ok(Route::Inject(describe))
+    }
+
+    /// For a covered identity whose Query is one COPY TO STDOUT: puts a
+    /// description of its rows ahead of it (see [`crate::mask::copy`]).
+    fn probe_copy(&mut self, sql: &[u8]) -> Option<Route> {
+        let mask = self.ctx.mask?;
+        let copy = copy::parse_copy_out(std::str::from_utf8(sql).ok()?)?;
+        if !mask.covered() {
+            return None;
+        }
+        let mut probe = BytesMut::new();
+        wire::put_message(&mut probe, tag::PARSE, |b| {
+            wire::put_cstr(b, b"");
+            wire::put_cstr(b, copy.describe_sql.as_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        wire::put_message(&mut probe, tag::DESCRIBE, |b| {
+            b.extend_from_slice(b"S");
+            wire::put_cstr(b, b"");
+        });
+        wire::put_message(&mut probe, tag::SYNC, |_| {});
+        // The Query's op was just queued; the probe's goes before it.
+        let at = self.ops.len().saturating_sub(1);
+        self.ops.insert(
+            at,
+            Op::CopyProbe {
+                format: copy.format,
+                fields: None,
+                failed: false,
+            },
+        );
+        self.shared.probes.fetch_add(1, Ordering::AcqRel);
+        Some(Route::Prefix(probe))
     }
 
     /// Asks the policy about a statement and queues either its op or a refusal.
@@ -463,6 +621,10 @@ impl<'a> ClientPump<'a> {
 /// What the client pump does with a message.
 enum Route {
     Forward,
+    /// Forward it, then send these bytes of pgveil's own.
+    Inject(BytesMut),
+    /// Send these bytes of pgveil's own, then forward it.
+    Prefix(BytesMut),
     Drop,
     Terminate,
 }
@@ -471,6 +633,37 @@ fn cstr_field<'b>(body: &'b [u8], what: &str) -> Result<&'b [u8], String> {
     wire::take_cstr(body)
         .map(|(s, _)| s)
         .ok_or_else(|| format!("malformed {what} message"))
+}
+
+/// The portal, statement and result format codes of a Bind body.
+fn parse_bind(body: &[u8]) -> Option<(&[u8], &[u8], Vec<i16>)> {
+    let (portal, rest) = wire::take_cstr(body)?;
+    let (statement, rest) = wire::take_cstr(rest)?;
+    let (n, mut rest) = take_count(rest)?;
+    rest = rest.get(n * 2..)?;
+    let (n, after) = take_count(rest)?;
+    rest = after;
+    for _ in 0..n {
+        let (len, after) = rest.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        rest = match usize::try_from(len) {
+            Ok(len) => after.get(len..)?,
+            Err(_) => after,
+        };
+    }
+    let (n, rest) = take_count(rest)?;
+    let formats = rest
+        .get(..n * 2)?
+        .chunks_exact(2)
+        .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    Some((portal, statement, formats))
+}
+
+/// A non-negative Int16 count at the front of `b`.
+fn take_count(b: &[u8]) -> Option<(usize, &[u8])> {
+    let (n, rest) = b.split_first_chunk::<2>()?;
+    Some((usize::try_from(i16::from_be_bytes(*n)).ok()?, rest))
 }
 
 fn client_frame_error(e: &FrameError) -> String {
@@ -491,6 +684,46 @@ struct ServerPump<'a> {
     server_fatal: bool,
     out_of_step: bool,
     expired: bool,
+    /// Masking state of the extended protocol; filled only with masking.
+    statements: HashMap<Vec<u8>, Option<Arc<Vec<Field>>>>,
+    portals: HashMap<Vec<u8>, Shape>,
+    /// The plan of the rows now arriving; `None` until resolved for the
+    /// current statement.
+    row_plan: Option<Option<Arc<Plan>>>,
+    /// A COPY TO STDOUT of a covered identity is being swallowed.
+    copy_refused: bool,
+    /// What the probe learnt of the COPY queued next.
+    pending_copy: Option<(CopyFormat, Probed)>,
+    /// A COPY TO STDOUT whose rows are being masked, and whether its
+    /// header row is still to come.
+    copy_rewrite: Option<(CopyFormat, Arc<Plan>, bool)>,
+    /// What pgveil writes instead of the message just handled.
+    scratch: BytesMut,
+}
+
+/// What a copy probe found.
+enum Probed {
+    /// The rows have columns to mask.
+    Masked(Arc<Plan>),
+    /// Nothing in them is masked for this identity.
+    Clear,
+    /// The server could not describe them.
+    Failed,
+}
+
+/// What the server pump knows of a portal's rows.
+enum Shape {
+    /// Described: its plan (`None`: nothing masked).
+    Known(Option<Arc<Plan>>),
+    /// Bound to a statement whose description never came.
+    Unknown,
+}
+
+/// What the server pump does with one message.
+enum Pass {
+    Forward,
+    /// Send `scratch` instead (empty: drop the message).
+    Replace,
 }
 
 impl<'a> ServerPump<'a> {
@@ -503,6 +736,13 @@ impl<'a> ServerPump<'a> {
             server_fatal: false,
             out_of_step: false,
             expired: false,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            row_plan: None,
+            copy_refused: false,
+            pending_copy: None,
+            copy_rewrite: None,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -530,8 +770,15 @@ impl<'a> ServerPump<'a> {
                     need = total - (inbuf.len() - pos);
                     break;
                 }
-                self.on_message(inbuf[pos], &inbuf[pos + wire::HEADER_LEN..pos + total]);
+                let start = pos;
+                let pass = self.on_message(inbuf[pos], &inbuf[pos + wire::HEADER_LEN..pos + total]);
                 pos += total;
+                if let Pass::Replace = pass {
+                    out.extend_from_slice(&inbuf[fwd..start]);
+                    out.extend_from_slice(&self.scratch);
+                    self.scratch.clear();
+                    fwd = pos;
+                }
                 if self.shared.replies.load(Ordering::Acquire) > 0 {
                     out.extend_from_slice(&inbuf[fwd..pos]);
                     fwd = pos;
@@ -601,41 +848,324 @@ impl<'a> ServerPump<'a> {
                 wire::put_ready(out, self.status);
             }
             drop(ops);
-            self.record(0, Instant::now(), "query", Outcome::Refused(rule));
+            self.record(
+                0,
+                Instant::now(),
+                "query",
+                Outcome::Refused(rule),
+                Vec::new(),
+            );
             ops = self.shared.ops();
         }
     }
 
-    /// Accounts one server message against the queue of pending ops.
-    fn on_message(&mut self, tag: u8, body: &[u8]) {
+    /// Accounts one server message against the queue of pending ops, and
+    /// masks what the session's plans say.
+    fn on_message(&mut self, tag: u8, body: &[u8]) -> Pass {
+        let masking = self.ctx.mask.is_some();
+        if masking && self.shared.probes.load(Ordering::Acquire) > 0 {
+            if let Some(pass) = self.on_probe_answer(tag, body) {
+                return pass;
+            }
+        }
         match tag {
-            tag::PARSE_COMPLETE => self.complete(|op| matches!(op, Op::Parse)),
-            tag::BIND_COMPLETE => self.complete(|op| matches!(op, Op::Bind)),
-            tag::CLOSE_COMPLETE => self.complete(|op| matches!(op, Op::Close)),
-            tag::NO_DATA => self.complete(|op| matches!(op, Op::Describe)),
-            tag::ROW_DESCRIPTION => self.on_row_description(),
+            tag::DATA_ROW if masking => return self.on_data_row(body),
+            tag::PARSE_COMPLETE => {
+                if let Some(Op::Parse(name)) = self.complete(|op| matches!(op, Op::Parse(_))) {
+                    if masking {
+                        self.statements.insert(name, None);
+                    }
+                }
+            }
+            tag::BIND_COMPLETE => {
+                let bound = self.complete(|op| matches!(op, Op::Bind { .. }));
+                if let (
+                    true,
+                    Some(Op::Bind {
+                        portal,
+                        statement,
+                        formats,
+                    }),
+                ) = (masking, bound)
+                {
+                    let shape = self.portal_shape(&statement, &formats);
+                    self.portals.insert(portal, shape);
+                }
+            }
+            tag::CLOSE_COMPLETE => drop(self.complete(|op| matches!(op, Op::Close))),
+            tag::NO_DATA | tag::ROW_DESCRIPTION => return self.on_description(tag, body),
+            tag::COPY_OUT_RESPONSE if masking && self.ctx.mask.is_some_and(|m| m.covered()) => {
+                return self.on_copy_out(body);
+            }
+            tag::COPY_DATA if self.copy_rewrite.is_some() => return self.on_copy_row(body),
+            tag::COPY_DATA | tag::COPY_DONE if self.copy_refused => return Pass::Replace,
+            tag::COMMAND_COMPLETE if self.copy_refused => {
+                self.copy_refused = false;
+                self.copy_rewrite = None;
+                wire::put_error(
+                    &mut self.scratch,
+                    Severity::Error,
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "pgveil masking: COPY TO STDOUT is refused for identities that masking rules cover",
+                    Some("Use SELECT, whose rows pgveil masks, or ask the data owners for access."),
+                );
+                self.end_statement(Outcome::Refused("masking:copy-out".into()), 0);
+                return Pass::Replace;
+            }
             tag::COMMAND_COMPLETE => {
+                self.copy_rewrite = None;
                 let rows = rows_from_command_tag(body);
-                self.end_statement(Outcome::Complete(command_word(body)), rows);
+                let word = command_word(body);
+                if masking && is_ddl(&word) {
+                    self.shared.catalog_stale.store(true, Ordering::Release);
+                }
+                self.end_statement(Outcome::Complete(word), rows);
             }
             tag::EMPTY_QUERY_RESPONSE => self.end_statement(Outcome::Empty, 0),
             tag::PORTAL_SUSPENDED => self.end_statement(Outcome::Suspended, 0),
             tag::FUNCTION_CALL_RESPONSE => {
                 self.end_statement(Outcome::Complete("FUNCTION_CALL".into()), 0)
             }
-            tag::ERROR_RESPONSE => self.on_error(body),
+            tag::ERROR_RESPONSE => {
+                self.copy_refused = false;
+                self.copy_rewrite = None;
+                self.on_error(body);
+            }
             tag::READY_FOR_QUERY => {
                 self.status = body.first().copied().unwrap_or(STATUS_IDLE);
-                self.complete(|op| matches!(op, Op::Sync | Op::Query(_) | Op::FunctionCall(_)));
+                self.row_plan = None;
+                self.pending_copy = None;
+                drop(
+                    self.complete(|op| matches!(op, Op::Sync | Op::Query(_) | Op::FunctionCall(_))),
+                );
             }
             _ => {}
         }
+        Pass::Forward
     }
 
-    fn on_row_description(&mut self) {
+    /// Swallows the answers to a copy probe at the front of the queue and
+    /// keeps what they say; `None` when the message is not one of them.
+    fn on_probe_answer(&mut self, tag: u8, body: &[u8]) -> Option<Pass> {
+        // Asynchronous messages belong to the client whatever is pending.
+        if matches!(
+            tag,
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE | tag::PARAMETER_STATUS
+        ) {
+            return None;
+        }
         let mut ops = self.shared.ops();
-        if let Some(Op::Describe) = ops.front() {
-            ops.pop_front();
+        let Some(Op::CopyProbe { fields, failed, .. }) = ops.front_mut() else {
+            return None;
+        };
+        match tag {
+            tag::ROW_DESCRIPTION => match plan::parse_row_description(body) {
+                Some(f) => *fields = Some(f),
+                None => *failed = true,
+            },
+            tag::NO_DATA => *fields = Some(Vec::new()),
+            tag::ERROR_RESPONSE => *failed = true,
+            tag::READY_FOR_QUERY => {
+                let Some(Op::CopyProbe {
+                    format,
+                    fields,
+                    failed,
+                }) = ops.pop_front()
+                else {
+                    return None;
+                };
+                drop(ops);
+                self.shared.probes.fetch_sub(1, Ordering::AcqRel);
+                let probed = match (fields, failed, self.ctx.mask) {
+                    (Some(f), false, Some(mask)) => match mask.plan(&f) {
+                        Some(plan) => Probed::Masked(plan),
+                        None => Probed::Clear,
+                    },
+                    _ => Probed::Failed,
+                };
+                self.pending_copy = Some((format, probed));
+            }
+            _ => {}
+        }
+        Some(Pass::Replace)
+    }
+
+    /// A CopyOutResponse for a covered identity: masked row by row when the
+    /// probe described the rows in text or CSV, refused otherwise.
+    fn on_copy_out(&mut self, body: &[u8]) -> Pass {
+        let binary = body.first() != Some(&0);
+        match self.pending_copy.take() {
+            Some((format, Probed::Masked(plan))) if !binary && format != CopyFormat::Binary => {
+                let header = matches!(format, CopyFormat::Csv { header: true, .. });
+                self.row_plan = Some(Some(plan.clone()));
+                self.copy_rewrite = Some((format, plan, header));
+                Pass::Forward
+            }
+            Some((format, Probed::Clear)) if !binary && format != CopyFormat::Binary => {
+                Pass::Forward
+            }
+            _ => {
+                self.copy_refused = true;
+                Pass::Replace
+            }
+        }
+    }
+
+    /// One row of a masked COPY TO STDOUT. A row that does not parse ends
+    /// the COPY with a refusal; rows already sent were masked.
+    fn on_copy_row(&mut self, body: &[u8]) -> Pass {
+        let Some((format, plan, header)) = &mut self.copy_rewrite else {
+            return Pass::Forward;
+        };
+        if std::mem::take(header) {
+            return Pass::Forward;
+        }
+        match copy::rewrite_row(format, plan, body) {
+            Some(row) => {
+                wire::put_message(&mut self.scratch, tag::COPY_DATA, |b| {
+                    b.extend_from_slice(&row)
+                });
+            }
+            None => {
+                self.copy_rewrite = None;
+                self.copy_refused = true;
+            }
+        }
+        Pass::Replace
+    }
+
+    /// A RowDescription or NoData: the answer to a Describe, or the shape of
+    /// a simple query's rows.
+    fn on_description(&mut self, tag: u8, body: &[u8]) -> Pass {
+        let fields = match tag {
+            tag::ROW_DESCRIPTION => plan::parse_row_description(body),
+            _ => Some(Vec::new()),
+        };
+        let described = {
+            let mut ops = self.shared.ops();
+            match ops.front() {
+                Some(Op::Describe { .. }) => ops.pop_front(),
+                _ => None,
+            }
+        };
+        let Some(mask) = self.ctx.mask else {
+            if described.is_none() && tag == tag::NO_DATA {
+                self.note_out_of_step();
+            }
+            return Pass::Forward;
+        };
+        // An unreadable description fails closed: an empty plan matches no
+        // row, and rows that match no plan are sent as NULLs.
+        let plan_of = |fields: &Option<Vec<Field>>| match fields {
+            Some(f) => mask.plan(f),
+            None => Some(Arc::new(Plan::all_null(0))),
+        };
+        match described {
+            Some(Op::Describe {
+                kind,
+                name,
+                injected,
+            }) => {
+                if kind == b'S' {
+                    self.statements.insert(name, fields.map(Arc::new));
+                } else {
+                    self.portals.insert(name, Shape::Known(plan_of(&fields)));
+                }
+                if injected {
+                    return Pass::Replace;
+                }
+            }
+            _ if tag == tag::ROW_DESCRIPTION => self.row_plan = Some(plan_of(&fields)),
+            _ => self.note_out_of_step(),
+        }
+        Pass::Forward
+    }
+
+    /// The shape of a portal bound to `statement` with result `formats`.
+    fn portal_shape(&self, statement: &[u8], formats: &[i16]) -> Shape {
+        let Some(mask) = self.ctx.mask else {
+            return Shape::Unknown;
+        };
+        let Some(Some(fields)) = self.statements.get(statement) else {
+            return Shape::Unknown;
+        };
+        // A statement's description reports text for every column; the
+        // formats that apply are the ones in Bind.
+        let Some(formats) = plan::bind_formats(formats, fields.len()) else {
+            return Shape::Unknown;
+        };
+        let fields: Vec<Field> = fields
+            .iter()
+            .zip(formats)
+            .map(|(f, format)| Field {
+                format,
+                ..f.clone()
+            })
+            .collect();
+        Shape::Known(mask.plan(&fields))
+    }
+
+    /// A DataRow of a masked session: rewritten when its plan masks.
+    fn on_data_row(&mut self, body: &[u8]) -> Pass {
+        let plan = match &self.row_plan {
+            Some(plan) => plan.clone(),
+            None => {
+                let plan = self.resolve_row_plan();
+                self.row_plan = Some(plan.clone());
+                plan
+            }
+        };
+        let Some(plan) = plan else {
+            return Pass::Forward;
+        };
+        if plan.rewrite(body, &mut self.scratch).is_none() {
+            // Rows of an unknown shape: every value becomes NULL.
+            self.scratch.clear();
+            let n = body
+                .first_chunk::<2>()
+                .map_or(0, |c| usize::try_from(i16::from_be_bytes(*c)).unwrap_or(0));
+            let nulls = Plan::all_null(n);
+            if nulls.rewrite(body, &mut self.scratch).is_none() {
+                wire::put_message(&mut self.scratch, tag::DATA_ROW, |b| {
+                    b.extend_from_slice(&0i16.to_be_bytes());
+                });
+            }
+        }
+        Pass::Replace
+    }
+
+    /// The plan for rows that arrive without a RowDescription of their own:
+    /// an Execute's, from its portal.
+    fn resolve_row_plan(&self) -> Option<Arc<Plan>> {
+        let covered = self.ctx.mask.is_some_and(|m| m.covered());
+        let ops = self.shared.ops();
+        let shape = match ops.front() {
+            Some(Op::Execute(_, portal)) => self.portals.get(portal),
+            _ => None,
+        };
+        match shape {
+            Some(Shape::Known(plan)) => plan.clone(),
+            _ if covered => Some(Arc::new(Plan::all_null(0))),
+            _ => None,
+        }
+    }
+
+    /// Pops the front op if `is_expected` says it is the one answered.
+    fn complete(&mut self, is_expected: impl Fn(&Op) -> bool) -> Option<Op> {
+        let mut ops = self.shared.ops();
+        if ops.front().is_some_and(is_expected) {
+            ops.pop_front()
+        } else {
+            drop(ops);
+            self.note_out_of_step();
+            None
+        }
+    }
+
+    fn note_out_of_step(&mut self) {
+        if !self.out_of_step {
+            self.out_of_step = true;
+            tracing::warn!("response did not match the pending request queue");
         }
     }
 
@@ -645,7 +1175,7 @@ impl<'a> ServerPump<'a> {
         let mut ops = self.shared.ops();
         let (protocol, started) = match ops.front_mut() {
             Some(Op::Query(t)) => ("query", std::mem::replace(&mut t.started, Instant::now())),
-            Some(Op::Execute(t)) => ("execute", t.started),
+            Some(Op::Execute(t, _)) => ("execute", t.started),
             Some(Op::FunctionCall(t)) => ("function_call", t.started),
             _ => {
                 drop(ops);
@@ -657,7 +1187,11 @@ impl<'a> ServerPump<'a> {
             ops.pop_front();
         }
         drop(ops);
-        self.record(rows, started, protocol, outcome);
+        let masked = match self.row_plan.take() {
+            Some(Some(plan)) => plan.masked.clone(),
+            _ => Vec::new(),
+        };
+        self.record(rows, started, protocol, outcome, masked);
     }
 
     fn on_error(&mut self, body: &[u8]) {
@@ -668,7 +1202,7 @@ impl<'a> ServerPump<'a> {
         let failed = Outcome::Failed(fields.code);
         let mut ops = self.shared.ops();
         match ops.front() {
-            Some(Op::Query(_) | Op::FunctionCall(_) | Op::Execute(_)) => {
+            Some(Op::Query(_) | Op::FunctionCall(_) | Op::Execute(..)) => {
                 drop(ops);
                 self.end_statement(failed, 0);
                 ops = self.shared.ops();
@@ -693,25 +1227,14 @@ impl<'a> ServerPump<'a> {
         }
     }
 
-    /// Pops the front op if `is_expected` says it is the one answered.
-    fn complete(&mut self, is_expected: impl Fn(&Op) -> bool) {
-        let mut ops = self.shared.ops();
-        if ops.front().is_some_and(is_expected) {
-            ops.pop_front();
-        } else {
-            drop(ops);
-            self.note_out_of_step();
-        }
-    }
-
-    fn note_out_of_step(&mut self) {
-        if !self.out_of_step {
-            self.out_of_step = true;
-            tracing::warn!("response did not match the pending request queue");
-        }
-    }
-
-    fn record(&self, rows: u64, started: Instant, protocol: &'static str, outcome: Outcome) {
+    fn record(
+        &self,
+        rows: u64,
+        started: Instant,
+        protocol: &'static str,
+        outcome: Outcome,
+        masked: Vec<String>,
+    ) {
         let seq = self.shared.statements.fetch_add(1, Ordering::Relaxed) + 1;
         self.ctx.audit.statement(&StatementEvent {
             seq,
@@ -719,6 +1242,7 @@ impl<'a> ServerPump<'a> {
             duration: started.elapsed(),
             rows,
             outcome,
+            masked,
         });
     }
 }
@@ -750,6 +1274,15 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether a command tag's first word is DDL, after which the catalog
+/// map may be out of date.
+fn is_ddl(word: &str) -> bool {
+    matches!(
+        word,
+        "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE"
+    )
 }
 
 /// The first word of a CommandComplete tag (`SELECT 5` → `SELECT`).

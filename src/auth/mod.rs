@@ -131,6 +131,20 @@ impl Auth {
         &self.verifier
     }
 
+    /// pgveil's own login (`[server]`), used for catalog reads.
+    pub fn default_login(&self) -> &Login {
+        &self.default_login
+    }
+
+    /// Every group that a role mapping or a trust entry names.
+    pub fn mapped_groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self.routes.iter().map(|r| r.group.clone()).collect();
+        groups.extend(self.trust_groups.values().flatten().cloned());
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
     /// Every distinct server login the configuration can use.
     pub fn logins(&self) -> Vec<&Login> {
         let mut logins: Vec<&Login> = Vec::new();

@@ -99,6 +99,7 @@ fn start(policy: Policy, max_message: usize) -> Rig {
             max_message,
             initial_status: b'I',
             expires_at: None,
+            mask: None,
         };
         let (client_rd, client_wr) = tokio::io::split(relay_client);
         let (server_rd, server_wr) = tokio::io::split(relay_server);

@@ -1,0 +1,499 @@
+//! Inline masking: covered values never reach a covered identity, on every
+//! path rows take (text and binary, simple and extended protocol, views,
+//! cursors, SQL PREPARE/EXECUTE, an Execute that was never described), and
+//! rules reload while sessions run.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::NoTls;
+
+use crate::harness::proc::unique_temp_dir;
+use crate::harness::{case, psql, Case, Pgveil, SCRAM_ROLE};
+use crate::raw::{self, Raw};
+use crate::{bin, blocking, gateway_toml, repo, Ctx, DB, PASSWORD_ENV};
+
+/// The HMAC key of the `hash` rule in the shipped rules.
+const MASK_KEY: &str = "integration-test-mask-key-0123456789";
+/// Rows the checks read.
+const ROWS: i32 = 200;
+
+pub fn cases() -> Vec<Case<Ctx>> {
+    vec![
+        case!(psql_paths_never_show_covered_values),
+        case!(driver_binary_results_are_masked_and_typed),
+        case!(execute_without_describe_is_masked),
+        case!(rules_reload_while_sessions_run),
+        case!(bad_rule_file_is_refused_with_its_name),
+        case!(data_team_tools_lint_and_test_rules),
+    ]
+}
+
+/// A gateway with trust auth, `ana` in `analysts` (masked) and `dora` in
+/// `dba` (exempt), and the rules of `rules_dir`.
+fn masked_gateway(ctx: &Ctx, rules_dir: &Path) -> (Pgveil, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", crate::harness::free_port())
+        .parse()
+        .expect("address");
+    let extra = format!(
+        "trust_groups = {{ ana = [\"analysts\"], dora = [\"dba\"] }}\n\n\
+         [masking]\nrules_dir = \"{}\"\ncatalog_refresh = \"5s\"\n",
+        rules_dir.display()
+    );
+    let config = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "tls = \"disable\"", &extra);
+    let gateway = Pgveil::start(
+        &bin(),
+        &config,
+        addr,
+        &[
+            (PASSWORD_ENV, ctx.pg.password(SCRAM_ROLE)),
+            ("PGVEIL_MASK_KEY", MASK_KEY),
+        ],
+    );
+    (gateway, addr)
+}
+
+fn conninfo(addr: SocketAddr, user: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={user} dbname={DB} sslmode=disable",
+        addr.port()
+    )
+}
+
+/// Clear values of the covered columns, read straight from the server.
+fn clear_values(ctx: &Ctx) -> Vec<String> {
+    let out = ctx.pg.psql_socket(
+        DB,
+        &format!(
+            "SELECT concat_ws('|', email, card_number, national_id, full_name, phone) \
+             FROM customers WHERE id <= {ROWS}"
+        ),
+    );
+    let values: Vec<String> = out
+        .lines()
+        .flat_map(|l| l.split('|'))
+        .map(str::trim)
+        .filter(|v| v.len() >= 6)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        values.len() > ROWS as usize * 3,
+        "clear values read: {}",
+        values.len()
+    );
+    values
+}
+
+fn assert_hidden(what: &str, output: &str, clear: &[String]) {
+    if let Some(v) = clear.iter().find(|v| output.contains(v.as_str())) {
+        panic!("{what}: a covered clear value reached the client: {v}");
+    }
+}
+
+async fn psql_paths_never_show_covered_values(ctx: Arc<Ctx>) {
+    let (gateway, addr) = masked_gateway(&ctx, &repo().join("masking-rules"));
+    let clear = clear_values(&ctx);
+    let statements = [
+        format!("SELECT * FROM customers WHERE id <= {ROWS} ORDER BY id"),
+        format!(
+            "SELECT c.email AS contact, c.card_number AS c FROM customers c WHERE id <= {ROWS}"
+        ),
+        format!("SELECT * FROM customer_contacts WHERE id <= {ROWS}"),
+        format!(
+            "WITH x AS (SELECT email, national_id FROM customers) SELECT * FROM x LIMIT {ROWS}"
+        ),
+        format!("SELECT * FROM (SELECT full_name, phone FROM customers) s LIMIT {ROWS}"),
+        format!(
+            "BEGIN; DECLARE cur CURSOR FOR SELECT * FROM customers ORDER BY id; \
+             FETCH {ROWS} FROM cur; CLOSE cur; COMMIT"
+        ),
+        format!(
+            "BEGIN; DECLARE bcur BINARY CURSOR FOR SELECT email, national_id FROM customers \
+             ORDER BY id; FETCH {ROWS} FROM bcur; COMMIT"
+        ),
+        format!(
+            "PREPARE p AS SELECT email, national_id FROM customers WHERE id <= $1; \
+             EXECUTE p({ROWS})"
+        ),
+    ];
+    for sql in &statements {
+        let info = conninfo(addr, "ana");
+        let sql2 = sql.clone();
+        let out = blocking(move || psql(&info, None, &sql2)).await;
+        let out = out.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(!out.trim().is_empty(), "{sql}: no rows");
+        assert_hidden(sql, &out, &clear);
+    }
+
+    // The functions keep the shape the rules promise.
+    let info = conninfo(addr, "ana");
+    let out = blocking(move || {
+        psql(
+            &info,
+            None,
+            "SELECT email, card_number, birth_date FROM customers WHERE id = 1",
+        )
+    })
+    .await
+    .expect("masked row");
+    let fields: Vec<&str> = out.trim().split('|').collect();
+    assert!(
+        fields[0].starts_with('*') && fields[0].contains('@'),
+        "{out}"
+    );
+    assert!(fields[1].starts_with("XXXX"), "{out}");
+    assert!(fields[2].ends_with("-01-01"), "{out}");
+
+    // COPY TO STDOUT in text and CSV is masked column by column; binary
+    // COPY is refused.
+    let total = ctx.pg.psql_socket(DB, "SELECT count(*) FROM customers");
+    let total: usize = total.trim().parse().expect("count");
+    for sql in [
+        "COPY customers TO STDOUT",
+        "COPY (SELECT id, email, notes, national_id FROM customers) TO STDOUT WITH (FORMAT csv, HEADER)",
+        "COPY customers (full_name, card_number, city) TO STDOUT WITH CSV DELIMITER ';'",
+    ] {
+        let info = conninfo(addr, "ana");
+        let out = blocking(move || psql(&info, None, sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let header = usize::from(sql.contains("HEADER"));
+        if sql.contains("notes") {
+            // Notes hold newlines, which CSV keeps inside quotes.
+            assert!(out.lines().count() > total + header, "{sql}");
+        } else {
+            assert_eq!(out.lines().count(), total + header, "{sql}");
+        }
+        assert_hidden(sql, &out, &clear);
+    }
+    let info = conninfo(addr, "ana");
+    let sql = "COPY customers TO STDOUT WITH (FORMAT binary)";
+    let err = blocking(move || psql(&info, None, sql))
+        .await
+        .expect_err(sql);
+    assert!(err.contains("COPY TO STDOUT is refused"), "{err}");
+    assert_hidden(sql, &err, &clear);
+
+    // The exempt group sees what the server holds, COPY included.
+    let sql = format!("SELECT email, national_id FROM customers WHERE id <= {ROWS} ORDER BY id");
+    let direct = ctx.pg.psql_socket(DB, &sql);
+    let info = conninfo(addr, "dora");
+    let through = blocking(move || psql(&info, None, &sql))
+        .await
+        .expect("dora");
+    assert_eq!(direct.trim(), through.trim());
+    let info = conninfo(addr, "dora");
+    let copied = blocking(move || psql(&info, None, "COPY customers (email) TO STDOUT"))
+        .await
+        .expect("dora copy");
+    assert!(copied.contains('@'));
+    drop(gateway);
+}
+
+/// Any value, as the bytes the server sent in binary format.
+struct Raw8(Option<Vec<u8>>);
+
+impl<'a> FromSql<'a> for Raw8 {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw8(Some(raw.to_vec())))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw8(None))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+const BINARY_SQL: &str = "SELECT id, email, card_number, national_id, full_name, birth_date, \
+     balance, ip_address, city FROM customers WHERE id <= $1 ORDER BY id";
+
+async fn binary_rows(config: &str) -> Vec<Vec<Option<Vec<u8>>>> {
+    let (client, conn) = tokio_postgres::connect(config, NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(conn);
+    let statement = client.prepare(BINARY_SQL).await.expect("prepare");
+    let mut last = Vec::new();
+    // Re-executed many times: the plan comes from the cached description.
+    for _ in 0..20 {
+        let rows = client.query(&statement, &[&ROWS]).await.expect("query");
+        last = rows
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.get::<_, Raw8>(i).0).collect())
+            .collect();
+    }
+    drop(client);
+    let _ = task.await;
+    last
+}
+
+async fn driver_binary_results_are_masked_and_typed(ctx: Arc<Ctx>) {
+    let (gateway, addr) = masked_gateway(&ctx, &repo().join("masking-rules"));
+    let config = |user: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={DB}",
+            addr.port()
+        )
+    };
+    let direct = format!(
+        "host=127.0.0.1 port={} user={SCRAM_ROLE} password={} dbname={DB}",
+        ctx.pg.port(),
+        ctx.pg.password(SCRAM_ROLE)
+    );
+    let clear = binary_rows(&direct).await;
+    let masked = binary_rows(&config("ana")).await;
+    let exempt = binary_rows(&config("dora")).await;
+    assert_eq!(clear.len(), ROWS as usize);
+    assert_eq!(exempt, clear, "the exempt group sees the server's bytes");
+    assert_eq!(masked.len(), clear.len());
+    for (c, m) in clear.iter().zip(&masked) {
+        assert_eq!(c[0], m[0], "id is not covered");
+        assert_eq!(c[8], m[8], "city is not covered");
+        // Bucketed balances and truncated dates may equal the clear value;
+        // every other covered column must differ.
+        for col in [1, 2, 3, 4, 7] {
+            if let (Some(cv), Some(mv)) = (&c[col], &m[col]) {
+                assert_ne!(cv, mv, "column {col} passed in clear");
+            }
+        }
+        // Types still decode: text is UTF-8, a date is 4 bytes, inet keeps
+        // its header.
+        for col in [1, 2, 3, 4] {
+            if let Some(v) = &m[col] {
+                std::str::from_utf8(v).expect("masked text is UTF-8");
+            }
+        }
+        if let Some(v) = &m[5] {
+            assert_eq!(v.len(), 4, "date");
+        }
+        if let Some(v) = &m[7] {
+            assert!(v.len() >= 4 && (v[0] == 2 || v[0] == 3), "inet: {v:?}");
+        }
+        // The text of a binary value never holds the clear text.
+        for col in 1..=4 {
+            if let (Some(cv), Some(mv)) = (&c[col], &m[col]) {
+                assert!(!mv.windows(cv.len()).any(|w| w == &cv[..]), "column {col}");
+            }
+        }
+    }
+    // The hash is deterministic: the same national id, the same output.
+    let again = binary_rows(&config("ana")).await;
+    assert_eq!(again, masked);
+    drop(gateway);
+}
+
+/// Parse, Bind, Execute and Sync without any Describe, as some drivers
+/// send on re-execution: pgveil must still know the row shape.
+async fn execute_without_describe_is_masked(ctx: Arc<Ctx>) {
+    let (gateway, addr) = masked_gateway(&ctx, &repo().join("masking-rules"));
+    let clear = clear_values(&ctx);
+    let mut conn = Raw::login(addr, "ana", DB).await;
+    let mut batch = Vec::new();
+    let sql = format!("SELECT email, card_number FROM customers WHERE id <= {ROWS}");
+    batch.extend(raw::message(b'P', format!("s1\0{sql}\0\0\0").as_bytes()));
+    // Pipelined: three portals, text, binary and text, before one Sync.
+    for format in [0u8, 1, 0] {
+        let mut bind = b"\0s1\0\0\0\0\0\0\x01\0".to_vec();
+        bind.push(format);
+        batch.extend(raw::message(b'B', &bind));
+        batch.extend(raw::message(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(raw::message(b'S', b""));
+    conn.send(&batch).await;
+    let msgs = conn.recv_until(b'Z').await;
+    let tags: String = msgs.iter().map(|m| char::from(m.tag)).collect();
+    let rows = msgs.iter().filter(|m| m.tag == b'D').count();
+    assert_eq!(rows, 3 * ROWS as usize, "tags: {tags}");
+    assert!(
+        !tags.contains('T') && !tags.contains('n'),
+        "pgveil's own Describe leaked: {tags}"
+    );
+    assert!(tags.starts_with("12") && tags.ends_with("CZ"), "{tags}");
+    let bytes: Vec<u8> = msgs.iter().flat_map(|m| m.body.clone()).collect();
+    assert_hidden(
+        "execute without describe",
+        &String::from_utf8_lossy(&bytes),
+        &clear,
+    );
+    drop(gateway);
+}
+
+fn copy_rules(to: &Path) {
+    std::fs::create_dir_all(to).expect("rules dir");
+    for entry in std::fs::read_dir(repo().join("masking-rules")).expect("rules") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
+
+async fn query_one(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let row = client.query_one(sql, &[]).await.expect(sql);
+    row.get(0)
+}
+
+async fn rules_reload_while_sessions_run(ctx: Arc<Ctx>) {
+    let dir: PathBuf = unique_temp_dir("pgveil-rules");
+    copy_rules(&dir);
+    let (gateway, addr) = masked_gateway(&ctx, &dir);
+    let config = format!("host=127.0.0.1 port={} user=ana dbname={DB}", addr.port());
+    let (client, conn) = tokio_postgres::connect(&config, NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(conn);
+    let sql = "SELECT email FROM customers WHERE id = 1";
+    let clear = ctx.pg.psql_socket(DB, sql).trim().to_owned();
+    let first = query_one(&client, sql).await.expect("email");
+    assert_ne!(first, clear);
+    assert!(first.contains('@'), "email keeps its domain: {first}");
+
+    // A new rule set: e-mail addresses become NULL. The running session
+    // applies it from its next statement.
+    let rules = std::fs::read_to_string(dir.join("customers.toml")).expect("read");
+    let changed = rules.replacen("function = \"email\"", "function = \"null\"", 1);
+    std::fs::write(dir.join("customers.toml"), changed).expect("write");
+    assert!(
+        gateway.wait_for_log("masking rules reloaded", Duration::from_secs(20)),
+        "no reload seen"
+    );
+    assert_eq!(query_one(&client, sql).await, None, "the new rule applies");
+
+    // A broken file is refused and the rules in force stay.
+    std::fs::write(
+        dir.join("zz-broken.toml"),
+        "[[rule]]\nname = \"oops\"\nfunction = 1\n",
+    )
+    .expect("write");
+    assert!(
+        gateway.wait_for_log("masking rules not reloaded", Duration::from_secs(20)),
+        "no refusal seen"
+    );
+    assert!(gateway.log_text().contains("zz-broken.toml"));
+    assert_eq!(query_one(&client, sql).await, None, "the old rules stay");
+    drop(client);
+    let _ = task.await;
+    drop(gateway);
+    crate::harness::proc::remove_temp_dir(&dir);
+}
+
+async fn bad_rule_file_is_refused_with_its_name(ctx: Arc<Ctx>) {
+    let dir = unique_temp_dir("pgveil-bad-rules");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("pii.toml"),
+        "[[rule]]\nname = \"ssn\"\ncolumns = [\"customers.national_id\"]\nfunction = \"blur\"\n",
+    )
+    .expect("write");
+    let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
+    let extra = format!("\n[masking]\nrules_dir = \"{}\"\n", dir.display());
+    let config = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "", &extra);
+    let config_dir = unique_temp_dir("pgveil-bad-rules-config");
+    std::fs::create_dir_all(&config_dir).expect("dir");
+    let file = config_dir.join("pgveil.toml");
+    std::fs::write(&file, config).expect("config");
+    let out = blocking(move || {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("check")
+            .arg("--config")
+            .arg(&file)
+            .env(PASSWORD_ENV, "unused");
+        crate::harness::proc::run_bounded(&mut cmd, Duration::from_secs(30))
+    })
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("pii.toml")
+            && text.contains("rule \"ssn\"")
+            && text.contains("unknown function"),
+        "{text}"
+    );
+    crate::harness::proc::remove_temp_dir(&dir);
+    crate::harness::proc::remove_temp_dir(&config_dir);
+}
+
+fn run_pgveil(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args).current_dir(repo());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = crate::harness::proc::run_bounded(&mut cmd, Duration::from_secs(60));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `pgveil rules test` runs the shipped fixtures without a database, and
+/// `pgveil check` lints the rules against the live schema.
+async fn data_team_tools_lint_and_test_rules(ctx: Arc<Ctx>) {
+    let (ok, text) = blocking(|| {
+        run_pgveil(
+            &["rules", "test", "masking-rules"],
+            &[("PGVEIL_MASK_KEY", MASK_KEY)],
+        )
+    })
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("4 passed, 0 failed"), "{text}");
+
+    let dir = unique_temp_dir("pgveil-lint");
+    copy_rules(&dir.join("rules"));
+    let check = |rules: &Path| {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let extra = format!(
+            "trust_groups = {{ ana = [\"analysts\"], dora = [\"dba\"] }}\n\n\
+             [masking]\nrules_dir = \"{}\"\n",
+            rules.display()
+        );
+        let server = format!("tls = \"disable\"\ndatabases = {{ {DB} = \"{DB}\" }}");
+        gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, &server, &extra)
+    };
+    std::fs::write(dir.join("good.toml"), check(&dir.join("rules"))).expect("config");
+    let password = ctx.pg.password(SCRAM_ROLE).to_owned();
+    let good = dir.join("good.toml").display().to_string();
+    let pw = password.clone();
+    let (ok, text) = blocking(move || {
+        run_pgveil(
+            &["check", "--config", &good],
+            &[(PASSWORD_ENV, &pw), ("PGVEIL_MASK_KEY", MASK_KEY)],
+        )
+    })
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("every rule matches the schema"), "{text}");
+
+    std::fs::write(
+        dir.join("rules/typo.toml"),
+        "[[rule]]\nname = \"typo\"\ncolumns = [\"customers.emial\"]\nfunction = \"redact\"\n\
+         only_groups = [\"contractors\"]\n",
+    )
+    .expect("typo");
+    let bad = dir.join("good.toml").display().to_string();
+    let (ok, text) = blocking(move || {
+        run_pgveil(
+            &["check", "--config", &bad],
+            &[(PASSWORD_ENV, &password), ("PGVEIL_MASK_KEY", MASK_KEY)],
+        )
+    })
+    .await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("public.customers.emial does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("group \"contractors\""), "{text}");
+    crate::harness::proc::remove_temp_dir(&dir);
+}

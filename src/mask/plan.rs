@@ -1,0 +1,454 @@
+//! Result plans: what happens to each column of one result, and the
+//! rewrite of the DataRows that carry it.
+//!
+//! A plan is built from a RowDescription (or from a statement's cached
+//! description plus the formats of Bind) for one identity. Each column gets
+//! at most one action: a masking function, or a set of value detectors that
+//! rewrite matches inside text. A DataRow is rewritten only when its plan
+//! has an action; a column without one is copied as received.
+//!
+//! A column that cannot be traced fails closed: a table OID that the
+//! catalog does not know (a table created after the catalog was read)
+//! makes the column redacted for a covered identity.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::mask::catalog::Catalog;
+use crate::mask::detect::DetectorSet;
+use crate::mask::rules::{DetectWhere, RuleSet, Selector};
+use crate::mask::value::{self, oid, Format, MaskFn};
+use crate::wire::{self, tag};
+
+/// One column of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Output name (as the server sent it; may be any bytes).
+    pub name: Vec<u8>,
+    /// Source table OID, 0 for an expression.
+    pub table_oid: u32,
+    /// Source column number, 0 for an expression.
+    pub attnum: i16,
+    /// Type OID.
+    pub type_oid: u32,
+    /// Format code: 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// Parses a RowDescription body.
+pub fn parse_row_description(body: &[u8]) -> Option<Vec<Field>> {
+    let (count, mut rest) = take_i16(body)?;
+    let mut fields = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        let (name, after) = wire::take_cstr(rest)?;
+        let (table_oid, after) = take_u32(after)?;
+        let (attnum, after) = take_i16(after)?;
+        let (type_oid, after) = take_u32(after)?;
+        // typlen (2) and typmod (4) are not needed.
+        let after = after.get(6..)?;
+        let (format, after) = take_i16(after)?;
+        fields.push(Field {
+            name: name.to_vec(),
+            table_oid,
+            attnum,
+            type_oid,
+            format,
+        });
+        rest = after;
+    }
+    Some(fields)
+}
+
+/// Result format codes of a Bind applied to `n` columns: none means all
+/// text, one applies to all, otherwise one per column.
+pub fn bind_formats(codes: &[i16], n: usize) -> Option<Vec<i16>> {
+    match codes.len() {
+        0 => Some(vec![0; n]),
+        1 => Some(vec![codes[0]; n]),
+        len if len == n => Some(codes.to_vec()),
+        _ => None,
+    }
+}
+
+/// What happens to one column.
+pub enum Action {
+    /// The whole value goes through a function.
+    Mask(Arc<MaskFn>),
+    /// Detectors rewrite matches inside the text.
+    Detect(Vec<(Arc<DetectorSet>, Arc<MaskFn>)>),
+}
+
+/// One column's action, with what encoding it needs.
+pub struct ColumnPlan {
+    action: Action,
+    type_oid: u32,
+    format: Format,
+}
+
+/// The plan for one result.
+#[derive(Default)]
+pub struct Plan {
+    columns: Vec<Option<ColumnPlan>>,
+    /// `column(rule)` for each masked column, for the audit trail.
+    pub masked: Vec<String>,
+}
+
+impl Plan {
+    /// Whether any column is rewritten.
+    pub fn masks(&self) -> bool {
+        !self.masked.is_empty()
+    }
+
+    /// A plan that makes every value of an `n`-column result NULL: for rows
+    /// whose shape is not known.
+    pub fn all_null(n: usize) -> Self {
+        Self {
+            columns: (0..n)
+                .map(|_| {
+                    Some(ColumnPlan {
+                        action: Action::Mask(Arc::new(MaskFn::Null)),
+                        type_oid: 0,
+                        format: Format::Text,
+                    })
+                })
+                .collect(),
+            masked: vec!["*(unknown result shape)".into()],
+        }
+    }
+
+    /// Builds the plan of `fields` for an identity with `groups`.
+    pub fn build(fields: &[Field], rules: &RuleSet, catalog: &Catalog, groups: &[String]) -> Self {
+        let mut plan = Plan::default();
+        for field in fields {
+            let format = if field.format == 1 {
+                Format::Binary
+            } else {
+                Format::Text
+            };
+            let (action, why) = match field_action(field, rules, catalog, groups) {
+                Some(found) => found,
+                None => {
+                    plan.columns.push(None);
+                    continue;
+                }
+            };
+            plan.masked
+                .push(format!("{}({why})", String::from_utf8_lossy(&field.name)));
+            plan.columns.push(Some(ColumnPlan {
+                action,
+                type_oid: field.type_oid,
+                format,
+            }));
+        }
+        plan
+    }
+
+    /// Number of columns.
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Masks one text-format value of column `i`: `None` when the column is
+    /// not masked (keep the value as it is), otherwise the masked value
+    /// (`Some(None)` for NULL).
+    pub fn mask_column(&self, i: usize, value: Option<&[u8]>) -> Option<Option<Vec<u8>>> {
+        let column = self.columns.get(i)?.as_ref()?;
+        Some(value.and_then(|v| column.apply(v)))
+    }
+
+    /// Writes the DataRow whose body is `body`, rewritten by the plan, to
+    /// `out`. `None` when the row does not match the plan's shape.
+    pub fn rewrite(&self, body: &[u8], out: &mut BytesMut) -> Option<()> {
+        let values = split_data_row(body)?;
+        if values.len() != self.columns.len() {
+            return None;
+        }
+        wire::put_message(out, tag::DATA_ROW, |b| {
+            b.put_i16(values.len() as i16);
+            for (value, column) in values.iter().zip(&self.columns) {
+                let masked = match (value, column) {
+                    (Some(v), Some(c)) => c.apply(v),
+                    (v, _) => v.map(<[u8]>::to_vec),
+                };
+                match masked {
+                    Some(v) => {
+                        b.put_i32(v.len() as i32);
+                        b.put_slice(&v);
+                    }
+                    None => b.put_i32(-1),
+                }
+            }
+        });
+        Some(())
+    }
+}
+
+impl ColumnPlan {
+    fn apply(&self, v: &[u8]) -> Option<Vec<u8>> {
+        match &self.action {
+            Action::Mask(f) => value::mask_value(f, self.type_oid, self.format, v),
+            Action::Detect(sets) => self.detect(sets, v),
+        }
+    }
+
+    /// Runs the detectors over a text value; a value that is not valid
+    /// text of its type is redacted whole.
+    fn detect(&self, sets: &[(Arc<DetectorSet>, Arc<MaskFn>)], v: &[u8]) -> Option<Vec<u8>> {
+        let redact = || value::mask_value(&MaskFn::Redact, self.type_oid, self.format, v);
+        let jsonb_binary = self.type_oid == oid::JSONB && self.format == Format::Binary;
+        let payload = if jsonb_binary { v.get(1..)? } else { v };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return redact();
+        };
+        let mut current = std::borrow::Cow::Borrowed(text);
+        for (set, f) in sets {
+            if let Some(masked) = set.mask_text(&current, f) {
+                current = std::borrow::Cow::Owned(masked);
+            }
+        }
+        let std::borrow::Cow::Owned(masked) = current else {
+            return Some(v.to_vec());
+        };
+        if matches!(self.type_oid, oid::JSON | oid::JSONB)
+            && serde_json::from_str::<serde_json::Value>(&masked).is_err()
+        {
+            return redact();
+        }
+        let mut out = Vec::with_capacity(masked.len() + 1);
+        if jsonb_binary {
+            out.push(1);
+        }
+        out.extend_from_slice(masked.as_bytes());
+        Some(out)
+    }
+}
+
+/// Types whose values detectors scan.
+fn is_textual(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::JSONB
+    )
+}
+
+/// The action for one field, with a short reason (the rule names).
+fn field_action(
+    field: &Field,
+    rules: &RuleSet,
+    catalog: &Catalog,
+    groups: &[String],
+) -> Option<(Action, String)> {
+    let column = match (
+        field.table_oid,
+        catalog.column(field.table_oid, field.attnum),
+    ) {
+        (0, _) => None,
+        (_, Some(c)) => Some(c),
+        (oid, None) if !catalog.knows_relation(oid) && rules.covers_any(groups) => {
+            // Fail closed: a relation the catalog has not seen yet.
+            let f = Arc::new(MaskFn::Redact);
+            return Some((Action::Mask(f), "untraced".into()));
+        }
+        _ => None,
+    };
+    let field_name = String::from_utf8_lossy(&field.name);
+    for rule in &rules.rules {
+        let matches = match &rule.selector {
+            Selector::Columns(names) => {
+                column.is_some_and(|c| c.origins.iter().chain([&c.name]).any(|o| names.contains(o)))
+            }
+            Selector::Pattern(re) => match column {
+                Some(c) => c
+                    .origins
+                    .iter()
+                    .chain([&c.name])
+                    .any(|o| re.is_match(&o.column)),
+                None => re.is_match(&field_name),
+            },
+            Selector::Types(types) => types.contains(&field.type_oid),
+        };
+        if matches && rule.scope.covers(groups) {
+            return Some((Action::Mask(rule.function.clone()), rule.name.clone()));
+        }
+    }
+    if !is_textual(field.type_oid) && field.table_oid != 0 {
+        return None;
+    }
+    let mut sets = Vec::new();
+    let mut names = Vec::new();
+    for d in &rules.detects {
+        if !d.scope.covers(groups) || !is_textual(field.type_oid) {
+            continue;
+        }
+        let here = match &d.scope_where {
+            DetectWhere::Everywhere => true,
+            DetectWhere::Tables(tables) => column.is_some_and(|c| {
+                c.origins.iter().chain([&c.name]).any(|o| {
+                    tables
+                        .iter()
+                        .any(|t| t.schema == o.schema && t.table == o.table)
+                })
+            }),
+            DetectWhere::Columns(cols) => {
+                column.is_some_and(|c| c.origins.iter().chain([&c.name]).any(|o| cols.contains(o)))
+            }
+        };
+        if here {
+            sets.push((d.set.clone(), d.function.clone()));
+            names.push(d.name.as_str());
+        }
+    }
+    if sets.is_empty() {
+        return None;
+    }
+    Some((Action::Detect(sets), names.join(",")))
+}
+
+/// Splits a DataRow body into its values (`None` for NULL).
+pub fn split_data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let (count, mut rest) = take_i16(body)?;
+    let mut values = Vec::with_capacity(usize::try_from(count).ok()?);
+    for _ in 0..count {
+        let (len, after) = take_i32(rest)?;
+        if len < 0 {
+            values.push(None);
+            rest = after;
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(after.get(..len)?));
+        rest = after.get(len..)?;
+    }
+    rest.is_empty().then_some(values)
+}
+
+fn take_i16(b: &[u8]) -> Option<(i16, &[u8])> {
+    let (head, rest) = b.split_first_chunk::<2>()?;
+    Some((i16::from_be_bytes(*head), rest))
+}
+
+fn take_i32(b: &[u8]) -> Option<(i32, &[u8])> {
+    let (head, rest) = b.split_first_chunk::<4>()?;
+    Some((i32::from_be_bytes(*head), rest))
+}
+
+fn take_u32(b: &[u8]) -> Option<(u32, &[u8])> {
+    let (head, rest) = b.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*head), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::catalog::Row;
+    use std::path::Path;
+
+    fn row_description(fields: &[(&str, u32, i16, u32, i16)]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i16(fields.len() as i16);
+        for (name, table, att, ty, fmt) in fields {
+            wire::put_cstr(&mut b, name.as_bytes());
+            b.put_u32(*table);
+            b.put_i16(*att);
+            b.put_u32(*ty);
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(*fmt);
+        }
+        b.to_vec()
+    }
+
+    fn data_row(values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.to_vec()
+    }
+
+    fn catalog() -> Catalog {
+        let r = |v: &[&str]| -> Row { v.iter().map(|s| Some((*s).to_owned())).collect() };
+        let columns = [
+            r(&["10", "1", "public", "customers", "id", "r", "25"]),
+            r(&["10", "2", "public", "customers", "email", "r", "25"]),
+            r(&["10", "3", "public", "customers", "notes", "r", "25"]),
+        ];
+        Catalog::from_rows(&columns, &[]).unwrap()
+    }
+
+    fn rules() -> RuleSet {
+        let mut set = RuleSet::default();
+        set.add_file(
+            Path::new("t.toml"),
+            r#"
+            [[rule]]
+            name = "email"
+            columns = ["customers.email"]
+            function = "redact"
+            except_groups = ["privacy"]
+            [[detect]]
+            name = "net"
+            detectors = ["email"]
+            function = "redact"
+            except_groups = ["privacy"]
+            "#,
+        )
+        .unwrap();
+        set
+    }
+
+    #[test]
+    fn covered_columns_are_rewritten_and_others_copied() {
+        let desc = row_description(&[
+            ("id", 10, 1, oid::INT4, 0),
+            ("email", 10, 2, oid::TEXT, 0),
+            ("notes", 10, 3, oid::TEXT, 0),
+        ]);
+        let fields = parse_row_description(&desc).unwrap();
+        let (rules, catalog) = (rules(), catalog());
+        let plan = Plan::build(&fields, &rules, &catalog, &["analysts".into()]);
+        assert!(plan.masks());
+        let clear: &[u8] = b"alice@example.com";
+        let body = data_row(&[Some(b"7"), Some(clear), Some(b"mail alice@example.com now")]);
+        let mut out = BytesMut::new();
+        plan.rewrite(&body, &mut out).unwrap();
+        let masked = split_data_row(&out[wire::HEADER_LEN..]).unwrap();
+        assert_eq!(masked[0], Some(&b"7"[..]));
+        for v in &masked[1..] {
+            let v = v.unwrap();
+            assert!(!v.windows(clear.len()).any(|w| w == clear), "{v:?}");
+        }
+        let exempt = Plan::build(&fields, &rules, &catalog, &["privacy".into()]);
+        assert!(!exempt.masks());
+    }
+
+    #[test]
+    fn unknown_relations_fail_closed_and_bad_rows_are_refused() {
+        let desc = row_description(&[("x", 99, 1, oid::TEXT, 1)]);
+        let fields = parse_row_description(&desc).unwrap();
+        let plan = Plan::build(&fields, &rules(), &catalog(), &[]);
+        assert!(plan.masks());
+        let mut out = BytesMut::new();
+        assert!(plan
+            .rewrite(&data_row(&[Some(b"a"), Some(b"b")]), &mut out)
+            .is_none());
+        assert!(split_data_row(&[0, 1, 0, 0, 0, 9, b'a']).is_none());
+        assert!(parse_row_description(&[0, 1, b'x']).is_none());
+    }
+
+    #[test]
+    fn bind_formats_expand() {
+        assert_eq!(bind_formats(&[], 2), Some(vec![0, 0]));
+        assert_eq!(bind_formats(&[1], 3), Some(vec![1, 1, 1]));
+        assert_eq!(bind_formats(&[0, 1], 2), Some(vec![0, 1]));
+        assert_eq!(bind_formats(&[0, 1], 3), None);
+    }
+}
