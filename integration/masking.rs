@@ -29,6 +29,7 @@ pub fn cases() -> Vec<Case<Ctx>> {
         case!(rules_reload_while_sessions_run),
         case!(bad_rule_file_is_refused_with_its_name),
         case!(data_team_tools_lint_and_test_rules),
+        case!(orm_stacks_read_masked_rows_typed, 400),
     ]
 }
 
@@ -496,4 +497,113 @@ async fn data_team_tools_lint_and_test_rules(ctx: Arc<Ctx>) {
     );
     assert!(text.contains("group \"contractors\""), "{text}");
     crate::harness::proc::remove_temp_dir(&dir);
+}
+
+/// Runs a client script; its JSON output.
+fn run_client(mut cmd: std::process::Command) -> serde_json::Value {
+    cmd.stdin(std::process::Stdio::null());
+    let out = crate::harness::proc::run_bounded(&mut cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("client JSON")
+}
+
+/// Checks a masked client result against the clear one, section by
+/// section: same rows, same types where both are non-NULL, the covered
+/// columns changed, no clear value anywhere.
+fn compare_client(clear: &serde_json::Value, masked: &serde_json::Value, sections: &[&str]) {
+    const COVERED: [&str; 4] = ["full_name", "email", "card_number", "national_id"];
+    let columns: Vec<&str> = clear["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c.as_str().expect("name"))
+        .collect();
+    for section in sections {
+        let (c_rows, m_rows) = (
+            clear[section].as_array().expect("rows"),
+            masked[section].as_array().expect("rows"),
+        );
+        assert_eq!(c_rows.len(), m_rows.len(), "{section}");
+        assert!(!c_rows.is_empty(), "{section}");
+        for (c_row, m_row) in c_rows.iter().zip(m_rows) {
+            for (i, name) in columns.iter().enumerate() {
+                let (c, m) = (&c_row[i], &m_row[i]);
+                if c["value"].is_null() || m["value"].is_null() {
+                    continue;
+                }
+                assert_eq!(c["type"], m["type"], "{section}.{name}: the type is kept");
+                if COVERED.contains(name) {
+                    assert_ne!(c["value"], m["value"], "{section}.{name} passed in clear");
+                }
+                if *name == "id" || *name == "created_at" {
+                    assert_eq!(c["value"], m["value"], "{section}.{name} is not covered");
+                }
+            }
+        }
+    }
+    let text = masked.to_string();
+    for row in clear[sections[0]].as_array().expect("rows") {
+        for (i, name) in columns.iter().enumerate() {
+            if let (true, Some(v)) = (COVERED.contains(name), row[i]["value"].as_str()) {
+                assert!(
+                    !text.contains(v),
+                    "{name}: a clear value reached the client"
+                );
+            }
+        }
+    }
+}
+
+/// SQLAlchemy on psycopg (text results, and a psycopg binary cursor) and
+/// node-postgres (plain and named prepared queries) read masked rows,
+/// correctly typed, with no change to the applications.
+async fn orm_stacks_read_masked_rows_typed(ctx: Arc<Ctx>) {
+    use crate::harness::clients;
+    let (gateway, addr) = masked_gateway(&ctx, &repo().join("masking-rules"));
+    let python = blocking(clients::python).await;
+    let (node, node_path) = blocking(clients::node).await;
+    let script = clients::clients_dir();
+    let password = ctx.pg.password(SCRAM_ROLE).to_owned();
+    let (pg_port, gw_port) = (ctx.pg.port().to_string(), addr.port().to_string());
+
+    let py = |port: &str, user: &str, password: Option<&str>| {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(script.join("orm_sqlalchemy.py"))
+            .args(["127.0.0.1", port, user, DB]);
+        if let Some(p) = password {
+            cmd.arg(p);
+        }
+        cmd
+    };
+    let clear_cmd = py(&pg_port, SCRAM_ROLE, Some(&password));
+    let masked_cmd = py(&gw_port, "ana", None);
+    let exempt_cmd = py(&gw_port, "dora", None);
+    let clear = blocking(move || run_client(clear_cmd)).await;
+    let masked = blocking(move || run_client(masked_cmd)).await;
+    let exempt = blocking(move || run_client(exempt_cmd)).await;
+    compare_client(&clear, &masked, &["orm", "binary"]);
+    assert_eq!(
+        clear, exempt,
+        "the exempt group reads what the server holds"
+    );
+
+    let js = |port: &str, user: &str, password: &str| {
+        let mut cmd = std::process::Command::new(&node);
+        cmd.env("NODE_PATH", &node_path)
+            .arg(script.join("node_pg.cjs"))
+            .arg(format!(
+                "postgresql://{user}:{password}@127.0.0.1:{port}/{DB}?sslmode=disable"
+            ));
+        cmd
+    };
+    let clear_cmd = js(&pg_port, SCRAM_ROLE, &password);
+    let masked_cmd = js(&gw_port, "ana", "unused");
+    let clear = blocking(move || run_client(clear_cmd)).await;
+    let masked = blocking(move || run_client(masked_cmd)).await;
+    compare_client(&clear, &masked, &["plain", "named", "again"]);
+    drop(gateway);
 }

@@ -132,7 +132,8 @@ fn npm_deps_current(dir: &Path) -> bool {
     let complete = dir
         .join("node_modules/oidc-provider/package.json")
         .is_file()
-        && dir.join("node_modules/jose/package.json").is_file();
+        && dir.join("node_modules/jose/package.json").is_file()
+        && dir.join("node_modules/pg/package.json").is_file();
     match (installed, wanted) {
         (Some(installed), Some(wanted)) => complete && installed >= wanted,
         _ => false,
@@ -144,7 +145,10 @@ fn install_npm_deps() -> Result<(), String> {
     if npm_deps_current(&dir) {
         return Ok(());
     }
-    let _lock = NpmLock::acquire(&dir, NPM_TIMEOUT + Duration::from_secs(30))?;
+    let _lock = FileLock::acquire(
+        &dir.join("package-lock.json"),
+        NPM_TIMEOUT + Duration::from_secs(30),
+    )?;
     // Another process may have finished the install while we waited for the lock.
     if npm_deps_current(&dir) {
         return Ok(());
@@ -174,23 +178,23 @@ fn install_npm_deps() -> Result<(), String> {
     Ok(())
 }
 
-/// Exclusive `flock` on the package's `package-lock.json` (opened read-only, never changed),
-/// released on drop; keeps concurrent test processes from running `npm ci` at the same time.
-struct NpmLock {
+/// Exclusive `flock` on a file (opened read-only, never changed), released on drop; keeps
+/// concurrent test processes from installing the same packages at the same time.
+pub struct FileLock {
     file: fs::File,
 }
 
-impl NpmLock {
-    fn acquire(dir: &Path, limit: Duration) -> Result<NpmLock, String> {
-        let path = dir.join("package-lock.json");
+impl FileLock {
+    /// Waits up to `limit` for the lock on `path`.
+    pub fn acquire(path: &Path, limit: Duration) -> Result<FileLock, String> {
         let file =
-            fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let deadline = Instant::now() + limit;
         let max_polls = limit.as_millis() / 200 + 2;
         for _ in 0..max_polls {
             // SAFETY: flock(2) on a descriptor owned by `file`, which outlives the call.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(NpmLock { file });
+                return Ok(FileLock { file });
             }
             if Instant::now() >= deadline {
                 break;
@@ -204,7 +208,7 @@ impl NpmLock {
     }
 }
 
-impl Drop for NpmLock {
+impl Drop for FileLock {
     fn drop(&mut self) {
         // SAFETY: as in `acquire`; closing the file would release the lock as well.
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };

@@ -21,6 +21,7 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod certs;
+pub mod clients;
 pub mod idp;
 pub mod pg;
 pub mod proc;

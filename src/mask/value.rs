@@ -28,7 +28,7 @@
 //! | timestamp | `1970-01-01 00:00:00` |
 //! | timestamptz | `1970-01-01 00:00:00+00` |
 //! | uuid | `00000000-0000-0000-0000-000000000000` |
-//! | inet | `0.0.0.0` |
+//! | inet | `0.0.0.0`, or `::` for IPv6, with the value's prefix length |
 //!
 //! Choices and limits:
 //!
@@ -485,8 +485,33 @@ fn redact(kind: Kind, input: &[u8]) -> Val {
         Kind::Timestamp => Val::Ts(Ext::Fin(UNIX_EPOCH_DAYS * USECS_PER_DAY)),
         Kind::TimestampTz => Val::TsTz(Ext::Fin(UNIX_EPOCH_DAYS * USECS_PER_DAY), None),
         Kind::Uuid => Val::Uuid([0; 16]),
-        Kind::Inet => Val::Inet(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 32),
+        Kind::Inet => {
+            let (v6, bits) = inet_shape(input);
+            match v6 {
+                true => Val::Inet(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), bits),
+                false => Val::Inet(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), bits),
+            }
+        }
     }
+}
+
+/// The address family (IPv6 or not) and prefix length of an inet value in
+/// either format. Redaction keeps both, so that clients that map them to
+/// types (Python's `ipaddress` has addresses and interfaces of each family)
+/// still get the type they expect. A binary value starts with its family
+/// byte (2 or 3) and its prefix length; a text value never starts so.
+fn inet_shape(input: &[u8]) -> (bool, u8) {
+    let (v6, bits) = match input {
+        [2, bits, ..] => (false, Some(*bits)),
+        [3, bits, ..] => (true, Some(*bits)),
+        _ => {
+            let text = std::str::from_utf8(input).unwrap_or("");
+            let (addr, bits) = text.split_once('/').unwrap_or((text, ""));
+            (addr.contains(':'), bits.trim().parse::<u8>().ok())
+        }
+    };
+    let max = if v6 { 128 } else { 32 };
+    (v6, bits.filter(|b| *b <= max).unwrap_or(max))
 }
 
 // ---------------------------------------------------------------------------
@@ -2207,6 +2232,16 @@ mod tests {
             (oid::UUID, "00000000-0000-0000-0000-000000000000"),
             (oid::JSONB, "\"****\""),
         ];
+        assert_eq!(
+            txt(&MaskFn::Redact, oid::INET, "2001:db8::1").as_deref(),
+            Some("::"),
+            "redaction keeps the address family"
+        );
+        assert_eq!(
+            txt(&MaskFn::Redact, oid::INET, "10.1.2.3/24").as_deref(),
+            Some("0.0.0.0/24"),
+            "and the prefix length"
+        );
         for (ty, want) in expect {
             let v = sample(*ty);
             assert_eq!(
