@@ -30,6 +30,7 @@ pub fn cases() -> Vec<Case<Ctx>> {
         case!(bad_rule_file_is_refused_with_its_name),
         case!(data_team_tools_lint_and_test_rules),
         case!(orm_stacks_read_masked_rows_typed, 400),
+        case!(every_function_keeps_every_type_valid, 300),
     ]
 }
 
@@ -606,4 +607,166 @@ async fn orm_stacks_read_masked_rows_typed(ctx: Arc<Ctx>) {
     let masked = blocking(move || run_client(masked_cmd)).await;
     compare_client(&clear, &masked, &["plain", "named", "again"]);
     drop(gateway);
+}
+
+/// Columns of every type masking supports, and rows with ordinary, edge
+/// and non-ASCII values and NULLs.
+const TYPES_TABLE: &str = "
+DROP TABLE IF EXISTS mask_types;
+CREATE TABLE mask_types (
+    id int, c_bool bool, c_bytea bytea, c_name name, c_int8 int8, c_int2 int2,
+    c_int4 int4, c_text text, c_json json, c_float4 float4, c_float8 float8,
+    c_inet inet, c_bpchar char(12), c_varchar varchar(40), c_date date, c_time time,
+    c_timestamp timestamp, c_timestamptz timestamptz, c_numeric numeric(14,4),
+    c_uuid uuid, c_jsonb jsonb);
+INSERT INTO mask_types VALUES
+ (1, true, '\\xdeadbeef', 'pg_user', 9000000000123, -1234, 77,
+  'zoë.ångström@example.com', '{\"a\": [1, \"x\"]}', 3.25, -1e-7, '2001:db8::1/64',
+  'Zoë 日本', 'café au lait', '1984-07-19', '23:59:59.5', '2024-02-29 13:14:15.123456',
+  '1999-12-31 23:59:59+05:30', -12345.6789, 'a0ee0000-0000-4000-8000-000000000a11',
+  '{\"k\": \"Ångström\"}'),
+ (2, false, '\\x', '', 0, 32767, -2147483648, '', '\"s\"', 'NaN', 'Infinity', '10.0.0.1',
+  '', '4111 1111 1111 1111', 'infinity', '00:00:00', '-infinity', 'epoch', 'NaN',
+  '00000000-0000-0000-0000-000000000000', '[]'),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL);
+";
+
+const TYPE_NAMES: [&str; 20] = [
+    "bool",
+    "bytea",
+    "name",
+    "int8",
+    "int2",
+    "int4",
+    "text",
+    "json",
+    "float4",
+    "float8",
+    "inet",
+    "bpchar",
+    "varchar",
+    "date",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "numeric",
+    "uuid",
+    "jsonb",
+];
+
+/// Raw bytes sent as a binary parameter of the parameter's declared type,
+/// so the server's receive function judges them.
+#[derive(Debug)]
+struct RawParam(Vec<u8>);
+
+impl tokio_postgres::types::ToSql for RawParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Every masking function on every supported type, in text and binary
+/// format: each masked value is valid input of its type for the server
+/// itself, or NULL; NULL stays NULL.
+async fn every_function_keeps_every_type_valid(ctx: Arc<Ctx>) {
+    ctx.pg.psql_socket(DB, TYPES_TABLE);
+    ctx.pg
+        .psql_socket(DB, &format!("GRANT SELECT ON mask_types TO {SCRAM_ROLE}"));
+    let direct = format!(
+        "host=127.0.0.1 port={} user={SCRAM_ROLE} password={} dbname={DB}",
+        ctx.pg.port(),
+        ctx.pg.password(SCRAM_ROLE)
+    );
+    let (checker, conn) = tokio_postgres::connect(&direct, NoTls)
+        .await
+        .expect("direct");
+    let checker_task = tokio::spawn(conn);
+    let functions = [
+        "function = \"redact\"",
+        "function = \"null\"",
+        "function = \"partial\"\nfirst = 1\nlast = 1",
+        "function = \"email\"",
+        "function = \"hash\"\nkey_env = \"PGVEIL_MASK_KEY\"",
+        "function = \"fixed\"\nvalue = \"42\"",
+        "function = \"replace\"\npattern = \"[0-9a-z]\"\nreplacement = \"x\"",
+        "function = \"truncate\"\npart = \"month\"",
+        "function = \"round\"\ndigits = 1",
+        "function = \"bucket\"\nwidth = 10",
+    ];
+    let types = TYPE_NAMES.map(|t| format!("\"{t}\"")).join(", ");
+    let select = format!(
+        "SELECT c_{} FROM mask_types ORDER BY id",
+        TYPE_NAMES.join(", c_")
+    );
+    for function in functions {
+        let dir = unique_temp_dir("pgveil-types");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("all.toml"),
+            format!("[[rule]]\nname = \"all\"\ntypes = [{types}]\n{function}\n"),
+        )
+        .expect("rules");
+        let (gateway, addr) = masked_gateway(&ctx, &dir);
+        let config = format!("host=127.0.0.1 port={} user=ana dbname={DB}", addr.port());
+        let (client, conn) = tokio_postgres::connect(&config, NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(conn);
+
+        // Binary: every value goes back as a binary parameter of its type.
+        let rows = client.query(select.as_str(), &[]).await.expect(function);
+        assert_eq!(rows.len(), 3);
+        for (r, row) in rows.iter().enumerate() {
+            for (i, ty) in TYPE_NAMES.iter().enumerate() {
+                let Raw8(value) = row.get(i);
+                if r == 2 || function.contains("\"null\"") {
+                    assert!(value.is_none(), "{function}: {ty} is NULL");
+                }
+                let Some(bytes) = value else { continue };
+                let sql = format!("SELECT $1::{ty}::text");
+                let stmt = checker.prepare(&sql).await.expect("prepare check");
+                if let Err(e) = checker.query(&stmt, &[&RawParam(bytes.clone())]).await {
+                    panic!("{function}: binary {ty} {bytes:?} is not valid: {e}");
+                }
+            }
+        }
+        // Text: every value goes back through the type's input function.
+        let messages = client.simple_query(&select).await.expect(function);
+        let mut rows_seen = 0;
+        for m in messages {
+            let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
+                continue;
+            };
+            rows_seen += 1;
+            if rows_seen == 1 && function.contains("redact") {
+                assert_eq!(row.get(6), Some("****"), "redacted text");
+                assert_eq!(row.get(5), Some("0"), "redacted int4");
+                assert_eq!(row.get(10), Some("::/64"), "redacted inet");
+            }
+            for (i, ty) in TYPE_NAMES.iter().enumerate() {
+                let Some(text) = row.get(i) else { continue };
+                let sql = format!("SELECT $1::text::{ty}::text");
+                if let Err(e) = checker.query(&sql, &[&text]).await {
+                    panic!("{function}: text {ty} {text:?} is not valid: {e}");
+                }
+            }
+        }
+        assert_eq!(rows_seen, 3, "{function}");
+        drop(client);
+        let _ = task.await;
+        drop(gateway);
+        crate::harness::proc::remove_temp_dir(&dir);
+    }
+    drop(checker);
+    let _ = checker_task.await;
 }

@@ -444,6 +444,58 @@ mod tests {
         assert!(parse_row_description(&[0, 1, b'x']).is_none());
     }
 
+    proptest::proptest! {
+        /// For any row, a covered value never appears in the bytes sent
+        /// on, whatever the function and the format.
+        #[test]
+        fn covered_values_never_pass(
+            covered in proptest::collection::vec("[g-zÅßé日]{4,24}", 1..4),
+            clear in proptest::collection::vec("[0-9]{0,12}", 1..4),
+            function in 0usize..5,
+            binary in proptest::bool::ANY,
+        ) {
+            let function = [
+                "function = \"redact\"",
+                "function = \"null\"",
+                "function = \"email\"",
+                "function = \"partial\"\nlast = 0",
+                "function = \"hash\"\nkey_file = \"proptest.key\"",
+            ][function];
+            // The key lives beside the (never written) rule file; no
+            // environment variable, which parallel tests would race on.
+            let dir = std::env::temp_dir().join(format!("pgveil-proptest-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("proptest.key"), "proptest-key-0123456789").unwrap();
+            let mut rules = RuleSet::default();
+            rules.add_file(&dir.join("p.toml"), &format!(
+                "[[rule]]\nname = \"p\"\ncolumn_pattern = \"^secret\"\n{function}\n"
+            )).unwrap();
+            let mut fields = Vec::new();
+            let mut values: Vec<Option<&[u8]>> = Vec::new();
+            for (i, v) in covered.iter().enumerate() {
+                let name = format!("secret{i}").into_bytes();
+                fields.push(Field { name, table_oid: 0, attnum: 0, type_oid: oid::TEXT, format: i16::from(binary) });
+                values.push(Some(v.as_bytes()));
+            }
+            for (i, v) in clear.iter().enumerate() {
+                let name = format!("plain{i}").into_bytes();
+                fields.push(Field { name, table_oid: 0, attnum: 0, type_oid: oid::TEXT, format: i16::from(binary) });
+                values.push(Some(v.as_bytes()));
+            }
+            let plan = Plan::build(&fields, &rules, &Catalog::default(), &[]);
+            let mut out = BytesMut::new();
+            plan.rewrite(&data_row(&values), &mut out).unwrap();
+            for v in &covered {
+                let v = v.as_bytes();
+                proptest::prop_assert!(!out.windows(v.len()).any(|w| w == v));
+            }
+            let masked = split_data_row(&out[wire::HEADER_LEN..]).unwrap();
+            for (i, v) in clear.iter().enumerate() {
+                proptest::prop_assert_eq!(masked[covered.len() + i], Some(v.as_bytes()));
+            }
+        }
+    }
+
     #[test]
     fn bind_formats_expand() {
         assert_eq!(bind_formats(&[], 2), Some(vec![0, 0]));
