@@ -181,6 +181,19 @@ async fn demo_serves_sample_data_and_cleans_up(_ctx: Arc<Ctx>) {
         text.contains(&format!("psql \"host=127.0.0.1 port={port} dbname=demo")),
         "{text}"
     );
+    // The side-by-side view: the analyst's row is masked, the
+    // administrator's is not.
+    let row_after = |heading: &str| {
+        let at = lines
+            .iter()
+            .position(|l| l.contains(heading))
+            .unwrap_or_else(|| panic!("no {heading:?} in {text}"));
+        lines.get(at + 1).cloned().unwrap_or_default()
+    };
+    let masked = row_after("as ana (analysts):");
+    let clear = row_after("as dora (dba):");
+    assert!(masked.contains("*@") && masked.contains("XXXX"), "{masked}");
+    assert!(!clear.contains('*') && clear.contains('@'), "{clear}");
     let mut query = query.into_iter();
     let analyst = query
         .next()

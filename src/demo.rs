@@ -94,13 +94,15 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         .iter()
         .map(|p| mint_token(&key, p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    print_instructions(port, &cluster, &tokens);
     let serving = gateway.serve(listeners, crate::cli::shutdown_signal());
-    let shown = show_side_by_side(port, &tokens);
     tokio::pin!(serving);
-    tokio::select! {
-        () = &mut serving => {}
-        () = shown => serving.await,
+    let stopped = tokio::select! {
+        () = &mut serving => true,
+        () = show_side_by_side(port, &tokens) => false,
+    };
+    if !stopped {
+        print_instructions(port, &cluster, &tokens);
+        serving.await;
     }
     println!(
         "\nStopping PostgreSQL and removing {} ...",
