@@ -12,6 +12,7 @@ mod core;
 mod harness;
 mod masking;
 mod oidc;
+mod policy;
 mod raw;
 mod tls;
 mod tlsclient;
@@ -142,6 +143,7 @@ fn main() -> ExitCode {
     cases.extend(tls::cases());
     cases.extend(oidc::cases());
     cases.extend(masking::cases());
+    cases.extend(policy::cases());
     cases.extend(bad_input::cases());
     cases.extend(cli::cases());
     run_cases(ctx, cases)

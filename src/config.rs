@@ -83,6 +83,25 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Inline masking of result rows; absent means rows pass unchanged.
     pub masking: Option<MaskingConfig>,
+    /// Statement policy rules; absent means no rules (the masking
+    /// defaults still apply to identities that masking rules cover).
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `[policy]`: where the policy rule files are, and whether they are
+/// enforced.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of `*.toml` policy rule files.
+    pub rules_dir: Option<PathBuf>,
+    /// False: record what the rules would refuse without refusing it.
+    #[serde(default = "yes")]
+    pub enforce: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[masking]`: where the rule files are and how often the catalog is read.
@@ -94,6 +113,9 @@ pub struct MaskingConfig {
     /// How often each database's catalog map is read again.
     #[serde(default = "default_catalog_refresh", with = "humantime_serde")]
     pub catalog_refresh: Duration,
+    /// False: record what would be masked or refused without doing it.
+    #[serde(default = "yes")]
+    pub enforce: bool,
 }
 
 fn default_catalog_refresh() -> Duration {

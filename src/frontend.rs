@@ -134,15 +134,20 @@ impl Gateway {
         let masking = config
             .masking
             .as_ref()
-            .map(|m| Masking::load(&m.rules_dir, m.catalog_refresh))
+            .map(|m| Masking::load(&m.rules_dir, m.catalog_refresh, m.enforce))
             .transpose()?;
+        let policy = Policy::load(
+            config.policy.as_ref().and_then(|p| p.rules_dir.as_deref()),
+            config.policy.as_ref().is_none_or(|p| p.enforce),
+            config.masking.as_ref().is_none_or(|m| m.enforce),
+        )?;
         Ok(Self {
             config,
             acceptor,
             target,
             auth,
             cancels: CancelRegistry::default(),
-            policy: Policy::allow_all(),
+            policy,
             audit: Audit,
             slots,
             masking,
@@ -185,8 +190,10 @@ impl Gateway {
     ) {
         self.auth.spawn_key_refresh();
         let mut tasks = tokio::task::JoinSet::new();
-        if self.masking.is_some() {
+        if self.masking.is_some() || self.policy.dir().is_some() {
             tasks.spawn(self.clone().watch_rules());
+        }
+        if self.masking.is_some() {
             tasks.spawn(self.clone().refresh_catalogs());
         }
         for listener in listeners {
@@ -488,10 +495,9 @@ impl Gateway {
         Ok(Some(mask))
     }
 
-    /// Reloads the masking rules on SIGHUP and when a rule file changes.
-    /// A bad file is logged and the rules in force stay.
+    /// Reloads the masking and policy rules on SIGHUP and when a rule file
+    /// changes. A bad file is logged and the rules in force stay.
     async fn watch_rules(self: Arc<Self>) {
-        let Some(masking) = &self.masking else { return };
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hup) => Some(hup),
             Err(e) => {
@@ -499,7 +505,10 @@ impl Gateway {
                 None
             }
         };
-        let mut seen = crate::mask::dir_signature(masking.dir());
+        let signature = |dir: Option<&Path>| dir.map(crate::mask::dir_signature);
+        let mask_dir = self.masking.as_ref().map(Masking::dir);
+        let policy_dir = self.policy.dir();
+        let mut seen = (signature(mask_dir), signature(policy_dir));
         let mut poll = tokio::time::interval(crate::mask::RULES_POLL);
         loop {
             let by_signal = async {
@@ -508,20 +517,31 @@ impl Gateway {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = by_signal => {}
+            let (masks, policies) = tokio::select! {
+                () = by_signal => (true, true),
                 _ = poll.tick() => {
-                    let now = crate::mask::dir_signature(masking.dir());
-                    if now == seen {
-                        continue;
-                    }
+                    let now = (signature(mask_dir), signature(policy_dir));
+                    let changed = (now.0 != seen.0, now.1 != seen.1);
                     seen = now;
+                    changed
+                }
+            };
+            if let (true, Some(masking)) = (masks, &self.masking) {
+                match masking.reload() {
+                    Ok(count) => tracing::info!(rules = count, "masking rules reloaded"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "masking rules not reloaded; the old rules stay"
+                    ),
                 }
             }
-            match masking.reload() {
-                Ok(count) => tracing::info!(rules = count, "masking rules reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "masking rules not reloaded; the old rules stay")
+            if policies && policy_dir.is_some() {
+                match self.policy.reload() {
+                    Ok(count) => tracing::info!(rules = count, "policy rules reloaded"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "policy rules not reloaded; the old rules stay"
+                    ),
                 }
             }
         }

@@ -16,9 +16,12 @@
 //! trail). An ErrorResponse in the extended protocol makes the server skip
 //! everything up to Sync, and the queue drops those entries the same way.
 //!
-//! A reply that pgveil makes itself (a policy refusal) is queued as an entry
-//! of its own and written when it reaches the front of the queue, so it
-//! reaches the client in order after every response to earlier requests.
+//! A statement the policy refuses is replaced, on its way to the server, by
+//! a statement of pgveil's own that makes the server raise the refusal, so
+//! the server fails it in order, as it fails any statement: a transaction
+//! block is aborted, and the extended protocol skips to Sync. Masking adds
+//! messages of pgveil's own too (a Describe for a portal the client never
+//! described, a description of a COPY's rows); their answers are swallowed.
 //!
 //! Each pump walks the messages of its read buffer in place and writes the
 //! forwarded ones straight from that buffer; only what pgveil drops, adds or
@@ -28,10 +31,9 @@
 //! write, which stops reads from the server: backpressure reaches the server
 //! instead of filling memory.
 //!
-//! Limits of this version: a refused statement inside an explicit
-//! transaction does not put the server's transaction into the failed state,
-//! and statements before a refused one in the same extended-protocol batch
-//! still run.
+//! Limits of this version: a refused Parse in the extended protocol leaves
+//! the unnamed statement and portal replaced by pgveil's own (the client's
+//! statements named in that batch are unaffected).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,15 +41,15 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 
 use crate::audit::{Audit, Outcome, SessionTotals, StatementEvent};
 use crate::mask::copy::{self, CopyFormat};
 use crate::mask::plan::{self, Field, Plan};
 use crate::mask::SessionMask;
-use crate::policy::{Decision, Policy};
+use crate::policy::analyze::{Output, StatementInfo};
+use crate::policy::{Decision, Policy, Refusal};
 use crate::session::Identity;
 use crate::wire::{self, sqlstate, tag, FrameError, Severity};
 
@@ -133,10 +135,12 @@ impl Ended {
 /// One request awaiting its response, in the order sent.
 #[derive(Debug)]
 enum Op {
-    /// A simple-protocol Query; answered up to ReadyForQuery.
-    Query(Tracker),
-    /// A Parse of the named statement (names are kept only with masking).
-    Parse(Vec<u8>),
+    /// A simple-protocol Query, with its analysis when it was analyzed and
+    /// the index of the statement now answered; up to ReadyForQuery.
+    Query(Tracker, Option<Arc<[StatementInfo]>>, usize),
+    /// A Parse of the named statement, with its analysis (both kept only
+    /// with masking).
+    Parse(Vec<u8>, Option<Arc<[StatementInfo]>>),
     /// A Bind of a portal to a statement, with its result format codes.
     Bind {
         portal: Vec<u8>,
@@ -165,12 +169,15 @@ enum Op {
         fields: Option<Vec<Field>>,
         failed: bool,
     },
-    /// A reply pgveil makes itself; `then_ready` appends ReadyForQuery with
-    /// the current transaction status.
-    Reply {
-        message: Bytes,
-        then_ready: bool,
+    /// A statement policy refused: pgveil sent, in its place, a statement
+    /// of its own that raises the refusal on the server, so that the
+    /// server fails it as it would fail any statement (the transaction
+    /// aborts; the extended protocol skips to Sync). Its answers up to the
+    /// error are swallowed, and the error loses the server's CONTEXT line.
+    Refused {
+        tracker: Tracker,
         rule: String,
+        simple: bool,
     },
 }
 
@@ -191,10 +198,8 @@ impl Tracker {
 /// State shared by the two pumps.
 struct Shared {
     ops: Mutex<VecDeque<Op>>,
-    /// Wakes the server pump when a Reply is queued.
-    reply_queued: Notify,
-    /// Replies in `ops`; lets the server pump skip the lock when zero.
-    replies: AtomicUsize,
+    /// Refusals in `ops`; lets the server pump skip the lock when zero.
+    refusals: AtomicUsize,
     /// Copy probes in `ops`; likewise.
     probes: AtomicUsize,
     bytes_from_client: AtomicU64,
@@ -233,8 +238,7 @@ where
 {
     let shared = Shared {
         ops: Mutex::new(VecDeque::new()),
-        reply_queued: Notify::new(),
-        replies: AtomicUsize::new(0),
+        refusals: AtomicUsize::new(0),
         probes: AtomicUsize::new(0),
         bytes_from_client: AtomicU64::new(0),
         bytes_to_client: AtomicU64::new(0),
@@ -307,8 +311,6 @@ where
 struct ClientPump<'a> {
     ctx: &'a RelayContext<'a>,
     shared: &'a Shared,
-    /// After a refusal in the extended protocol: drop messages until Sync.
-    discarding: bool,
     ops: Vec<Op>,
     inbuf: BytesMut,
     /// Prepared statements whose description the server pump will know
@@ -321,7 +323,6 @@ impl<'a> ClientPump<'a> {
         Self {
             ctx,
             shared,
-            discarding: false,
             ops: Vec::new(),
             inbuf: leftover,
             described: HashSet::new(),
@@ -382,8 +383,9 @@ impl<'a> ClientPump<'a> {
                         out.extend_from_slice(&extra);
                         fwd = pos;
                     }
-                    Route::Drop => {
+                    Route::Replace(own) => {
                         out.extend_from_slice(&inbuf[fwd..pos]);
+                        out.extend_from_slice(&own);
                         pos += total;
                         fwd = pos;
                     }
@@ -432,29 +434,17 @@ impl<'a> ClientPump<'a> {
         tail: &[u8],
     ) -> std::io::Result<()> {
         if !self.ops.is_empty() {
-            let replies = self
-                .ops
-                .iter()
-                .filter(|op| matches!(op, Op::Reply { .. }))
-                .count();
             self.shared.ops().extend(self.ops.drain(..));
-            if replies > 0 {
-                self.shared.replies.fetch_add(replies, Ordering::Release);
-                self.shared.reply_queued.notify_one();
-            }
         }
         send(server, out, tail).await.map(drop)
     }
 
     /// Decides what to do with one client message.
     fn route(&mut self, tag: u8, body: &[u8]) -> Result<Route, String> {
-        if self.discarding && tag != tag::SYNC {
-            return Ok(Route::Drop);
-        }
         let op = match tag {
             tag::QUERY => {
                 let sql = cstr_field(body, "Query")?;
-                let route = self.decide(sql, true, || Op::Query(Tracker::now()));
+                let route = self.decide(sql, true, |a| Op::Query(Tracker::now(), a, 0));
                 return Ok(match route {
                     Route::Forward => self.probe_copy(sql).unwrap_or(Route::Forward),
                     other => other,
@@ -463,18 +453,18 @@ impl<'a> ClientPump<'a> {
             tag::PARSE => {
                 let (name, rest) = wire::take_cstr(body).ok_or("malformed Parse message")?;
                 let sql = cstr_field(rest, "Parse")?;
-                let name = if self.ctx.mask.is_some() {
+                let keep_analysis = self.ctx.mask.is_some();
+                let name = if keep_analysis {
                     self.described.remove(name);
                     name.to_vec()
                 } else {
                     Vec::new()
                 };
-                return Ok(self.decide(sql, false, || Op::Parse(name)));
+                return Ok(
+                    self.decide(sql, false, |a| Op::Parse(name, a.filter(|_| keep_analysis)))
+                );
             }
-            tag::SYNC => {
-                self.discarding = false;
-                Op::Sync
-            }
+            tag::SYNC => Op::Sync,
             tag::BIND => return self.bind(body),
             tag::DESCRIBE => {
                 let (&kind, rest) = body.split_first().ok_or("malformed Describe message")?;
@@ -589,43 +579,90 @@ impl<'a> ClientPump<'a> {
         Some(Route::Prefix(probe))
     }
 
-    /// Asks the policy about a statement and queues either its op or a refusal.
-    fn decide(&mut self, sql: &[u8], simple: bool, op: impl FnOnce() -> Op) -> Route {
-        match self.ctx.policy.decide(self.ctx.identity, sql) {
-            Decision::Allow => {
-                self.ops.push(op());
+    /// Asks the policy about a statement and queues either its op, or the
+    /// refusal and the statement that raises it on the server.
+    fn decide(
+        &mut self,
+        sql: &[u8],
+        simple: bool,
+        op: impl FnOnce(Option<Arc<[StatementInfo]>>) -> Op,
+    ) -> Route {
+        match self
+            .ctx
+            .policy
+            .decide(self.ctx.identity, sql, self.ctx.mask)
+        {
+            Decision::Allow { analysis, .. } => {
+                self.ops.push(op(analysis));
                 Route::Forward
             }
-            Decision::Refuse { rule, message } => {
-                let mut reply = BytesMut::new();
-                let hint = "Ask the data owners for access, or change the statement.";
-                wire::put_error(
-                    &mut reply,
-                    Severity::Error,
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    &format!("pgveil policy \"{rule}\": {message}"),
-                    Some(hint),
-                );
-                self.ops.push(Op::Reply {
-                    message: reply.freeze(),
-                    then_ready: simple,
-                    rule,
+            Decision::Refuse(refusal) => {
+                let raise = raise_statement(&refusal);
+                let mut out = BytesMut::new();
+                if simple {
+                    wire::put_message(&mut out, tag::QUERY, |b| {
+                        wire::put_cstr(b, raise.as_bytes())
+                    });
+                } else {
+                    // In the unnamed statement and portal, which the error
+                    // leaves behind as a server parse error would.
+                    wire::put_message(&mut out, tag::PARSE, |b| {
+                        wire::put_cstr(b, b"");
+                        wire::put_cstr(b, raise.as_bytes());
+                        b.extend_from_slice(&0i16.to_be_bytes());
+                    });
+                    wire::put_message(&mut out, tag::BIND, |b| {
+                        wire::put_cstr(b, b"");
+                        wire::put_cstr(b, b"");
+                        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                    });
+                    wire::put_message(&mut out, tag::EXECUTE, |b| {
+                        wire::put_cstr(b, b"");
+                        b.extend_from_slice(&0i32.to_be_bytes());
+                    });
+                }
+                self.ops.push(Op::Refused {
+                    tracker: Tracker::now(),
+                    rule: refusal.rule,
+                    simple,
                 });
-                self.discarding = !simple;
-                Route::Drop
+                self.shared.refusals.fetch_add(1, Ordering::AcqRel);
+                Route::Replace(out)
             }
         }
     }
 }
 
+/// A statement that makes the server raise `refusal` as a 42501 error.
+fn raise_statement(refusal: &Refusal) -> String {
+    // Dollar quoting needs no escaping; the tags cannot occur in texts
+    // from which every `$` is removed.
+    let clean = |s: &str| s.replace('$', "");
+    let message = format!("pgveil policy \"{}\": {}", refusal.rule, refusal.message);
+    format!(
+        "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m${}$m$, \
+         HINT = $h${}$h$; END $pgveil$",
+        clean(&message),
+        REFUSAL_HINT
+    )
+}
+
+/// Why a COPY TO STDOUT is refused for a covered identity.
+const COPY_REFUSED: &str = "pgveil masking: COPY TO STDOUT is refused for identities that masking \
+     rules cover when it is binary or pgveil cannot describe its rows";
+
+/// The hint of every refusal.
+const REFUSAL_HINT: &str = "Ask the data owners for access, or change the statement.";
+
 /// What the client pump does with a message.
 enum Route {
     Forward,
+    /// Send these bytes of pgveil's own instead.
+    Replace(BytesMut),
     /// Forward it, then send these bytes of pgveil's own.
     Inject(BytesMut),
     /// Send these bytes of pgveil's own, then forward it.
     Prefix(BytesMut),
-    Drop,
     Terminate,
 }
 
@@ -685,13 +722,17 @@ struct ServerPump<'a> {
     out_of_step: bool,
     expired: bool,
     /// Masking state of the extended protocol; filled only with masking.
-    statements: HashMap<Vec<u8>, Option<Arc<Vec<Field>>>>,
+    statements: HashMap<Vec<u8>, Prepared>,
     portals: HashMap<Vec<u8>, Shape>,
+    /// The statement each portal was bound to.
+    portal_statements: HashMap<Vec<u8>, Vec<u8>>,
     /// The plan of the rows now arriving; `None` until resolved for the
     /// current statement.
     row_plan: Option<Option<Arc<Plan>>>,
-    /// A COPY TO STDOUT of a covered identity is being swallowed.
-    copy_refused: bool,
+    /// A result whose rows are swallowed because masking refuses it (a
+    /// binary COPY, a result computed from a column whose rule refuses
+    /// that); its end becomes this error message.
+    refusing: Option<String>,
     /// What the probe learnt of the COPY queued next.
     pending_copy: Option<(CopyFormat, Probed)>,
     /// A COPY TO STDOUT whose rows are being masked, and whether its
@@ -699,6 +740,29 @@ struct ServerPump<'a> {
     copy_rewrite: Option<(CopyFormat, Arc<Plan>, bool)>,
     /// What pgveil writes instead of the message just handled.
     scratch: BytesMut,
+}
+
+/// What the server pump knows of a prepared statement.
+#[derive(Default)]
+struct Prepared {
+    /// Its description, once described.
+    fields: Option<Arc<Vec<Field>>>,
+    /// Its analysis, when the policy analyzed it.
+    analysis: Option<Arc<[StatementInfo]>>,
+}
+
+impl Prepared {
+    /// What the statement's result columns are computed from.
+    fn lineage(&self) -> Option<&[Output]> {
+        lineage_of(self.analysis.as_deref(), 0)
+    }
+}
+
+/// The outputs of statement `i` of an analysis, when they are its exact
+/// result shape.
+fn lineage_of(analysis: Option<&[StatementInfo]>, i: usize) -> Option<&[Output]> {
+    let s = analysis?.get(i)?;
+    s.outputs_known.then_some(s.outputs.as_slice())
 }
 
 /// What a copy probe found.
@@ -738,8 +802,9 @@ impl<'a> ServerPump<'a> {
             expired: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            portal_statements: HashMap::new(),
             row_plan: None,
-            copy_refused: false,
+            refusing: None,
             pending_copy: None,
             copy_rewrite: None,
             scratch: BytesMut::new(),
@@ -779,22 +844,12 @@ impl<'a> ServerPump<'a> {
                     self.scratch.clear();
                     fwd = pos;
                 }
-                if self.shared.replies.load(Ordering::Acquire) > 0 {
-                    out.extend_from_slice(&inbuf[fwd..pos]);
-                    fwd = pos;
-                    self.drain_replies(&mut out);
-                }
                 if out.len() + (pos - fwd) >= WRITE_HIGH_WATER {
                     if let Err(e) = self.write(client, &mut out, &inbuf[fwd..pos]).await {
                         return Ended::ClientIo(e);
                     }
                     fwd = pos;
                 }
-            }
-            if self.shared.replies.load(Ordering::Acquire) > 0 {
-                out.extend_from_slice(&inbuf[fwd..pos]);
-                fwd = pos;
-                self.drain_replies(&mut out);
             }
             if let Err(e) = self.write(client, &mut out, &inbuf[fwd..pos]).await {
                 return Ended::ClientIo(e);
@@ -806,7 +861,6 @@ impl<'a> ServerPump<'a> {
             inbuf.reserve(need.max(READ_CHUNK));
             tokio::select! {
                 biased;
-                () = self.shared.reply_queued.notified() => {}
                 () = sleep_until(deadline), if !self.expired => self.expired = true,
                 read = server.read_buf(&mut inbuf) => match read {
                     Ok(0) => return Ended::ServerClosed { explained: self.server_fatal },
@@ -830,39 +884,15 @@ impl<'a> ServerPump<'a> {
         Ok(())
     }
 
-    /// Writes pgveil's own replies that have reached the front of the queue.
-    fn drain_replies(&mut self, out: &mut BytesMut) {
-        let mut ops = self.shared.ops();
-        while let Some(Op::Reply { .. }) = ops.front() {
-            let Some(Op::Reply {
-                message,
-                then_ready,
-                rule,
-            }) = ops.pop_front()
-            else {
-                break;
-            };
-            self.shared.replies.fetch_sub(1, Ordering::AcqRel);
-            out.extend_from_slice(&message);
-            if then_ready {
-                wire::put_ready(out, self.status);
-            }
-            drop(ops);
-            self.record(
-                0,
-                Instant::now(),
-                "query",
-                Outcome::Refused(rule),
-                Vec::new(),
-            );
-            ops = self.shared.ops();
-        }
-    }
-
     /// Accounts one server message against the queue of pending ops, and
     /// masks what the session's plans say.
     fn on_message(&mut self, tag: u8, body: &[u8]) -> Pass {
         let masking = self.ctx.mask.is_some();
+        if self.shared.refusals.load(Ordering::Acquire) > 0 {
+            if let Some(pass) = self.on_refusal_answer(tag, body) {
+                return pass;
+            }
+        }
         if masking && self.shared.probes.load(Ordering::Acquire) > 0 {
             if let Some(pass) = self.on_probe_answer(tag, body) {
                 return pass;
@@ -870,11 +900,20 @@ impl<'a> ServerPump<'a> {
         }
         match tag {
             tag::DATA_ROW if masking => return self.on_data_row(body),
+            tag::DATA_ROW | tag::COPY_DATA | tag::COPY_DONE if self.refusing.is_some() => {
+                return Pass::Replace
+            }
+            tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED if self.refusing.is_some() => {
+                return self.end_refused_result();
+            }
             tag::PARSE_COMPLETE => {
-                if let Some(Op::Parse(name)) = self.complete(|op| matches!(op, Op::Parse(_))) {
-                    if masking {
-                        self.statements.insert(name, None);
-                    }
+                let parsed = self.complete(|op| matches!(op, Op::Parse(..)));
+                if let (true, Some(Op::Parse(name, analysis))) = (masking, parsed) {
+                    let prepared = Prepared {
+                        fields: None,
+                        analysis,
+                    };
+                    self.statements.insert(name, prepared);
                 }
             }
             tag::BIND_COMPLETE => {
@@ -889,7 +928,8 @@ impl<'a> ServerPump<'a> {
                 ) = (masking, bound)
                 {
                     let shape = self.portal_shape(&statement, &formats);
-                    self.portals.insert(portal, shape);
+                    self.portals.insert(portal.clone(), shape);
+                    self.portal_statements.insert(portal, statement);
                 }
             }
             tag::CLOSE_COMPLETE => drop(self.complete(|op| matches!(op, Op::Close))),
@@ -898,20 +938,6 @@ impl<'a> ServerPump<'a> {
                 return self.on_copy_out(body);
             }
             tag::COPY_DATA if self.copy_rewrite.is_some() => return self.on_copy_row(body),
-            tag::COPY_DATA | tag::COPY_DONE if self.copy_refused => return Pass::Replace,
-            tag::COMMAND_COMPLETE if self.copy_refused => {
-                self.copy_refused = false;
-                self.copy_rewrite = None;
-                wire::put_error(
-                    &mut self.scratch,
-                    Severity::Error,
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                    "pgveil masking: COPY TO STDOUT is refused for identities that masking rules cover",
-                    Some("Use SELECT, whose rows pgveil masks, or ask the data owners for access."),
-                );
-                self.end_statement(Outcome::Refused("masking:copy-out".into()), 0);
-                return Pass::Replace;
-            }
             tag::COMMAND_COMPLETE => {
                 self.copy_rewrite = None;
                 let rows = rows_from_command_tag(body);
@@ -927,7 +953,7 @@ impl<'a> ServerPump<'a> {
                 self.end_statement(Outcome::Complete("FUNCTION_CALL".into()), 0)
             }
             tag::ERROR_RESPONSE => {
-                self.copy_refused = false;
+                self.refusing = None;
                 self.copy_rewrite = None;
                 self.on_error(body);
             }
@@ -936,12 +962,97 @@ impl<'a> ServerPump<'a> {
                 self.row_plan = None;
                 self.pending_copy = None;
                 drop(
-                    self.complete(|op| matches!(op, Op::Sync | Op::Query(_) | Op::FunctionCall(_))),
+                    self.complete(|op| {
+                        matches!(op, Op::Sync | Op::Query(..) | Op::FunctionCall(_))
+                    }),
                 );
             }
             _ => {}
         }
         Pass::Forward
+    }
+
+    /// The end of a result that masking refuses: an error instead.
+    fn end_refused_result(&mut self) -> Pass {
+        let message = self.refusing.take().unwrap_or_default();
+        self.copy_rewrite = None;
+        wire::put_error(
+            &mut self.scratch,
+            Severity::Error,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            &message,
+            Some(REFUSAL_HINT),
+        );
+        self.end_statement(Outcome::Refused("masking".into()), 0);
+        Pass::Replace
+    }
+
+    /// The answers to the statement pgveil sent in place of a refused one:
+    /// swallowed up to its error, which goes to the client without the
+    /// server's CONTEXT (it would name pgveil's own code).
+    fn on_refusal_answer(&mut self, tag: u8, body: &[u8]) -> Option<Pass> {
+        if matches!(
+            tag,
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE | tag::PARAMETER_STATUS
+        ) {
+            return None;
+        }
+        let mut ops = self.shared.ops();
+        let Some(Op::Refused { .. }) = ops.front() else {
+            return None;
+        };
+        match tag {
+            tag::ERROR_RESPONSE | tag::COMMAND_COMPLETE => {
+                let Some(Op::Refused {
+                    tracker,
+                    rule,
+                    simple,
+                }) = ops.pop_front()
+                else {
+                    return None;
+                };
+                self.shared.refusals.fetch_sub(1, Ordering::AcqRel);
+                if simple {
+                    // The Query's ReadyForQuery follows; it completes this.
+                    ops.push_front(Op::Query(Tracker::now(), None, 0));
+                }
+                // In the extended protocol the server now skips to Sync.
+                while let Some(op) = ops.front().filter(|_| !simple) {
+                    if matches!(
+                        op,
+                        Op::Sync | Op::Query(..) | Op::FunctionCall(_) | Op::Refused { .. }
+                    ) {
+                        break;
+                    }
+                    ops.pop_front();
+                }
+                drop(ops);
+                if tag == tag::ERROR_RESPONSE {
+                    wire::put_error_without(&mut self.scratch, body, b'W');
+                } else {
+                    // The raising statement completed, which it cannot;
+                    // the client still gets the refusal.
+                    wire::put_error(
+                        &mut self.scratch,
+                        Severity::Error,
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        &format!("pgveil policy \"{rule}\" refused the statement"),
+                        Some(REFUSAL_HINT),
+                    );
+                }
+                self.record(
+                    0,
+                    tracker.started,
+                    "query",
+                    Outcome::Refused(rule),
+                    Vec::new(),
+                );
+                Some(Pass::Replace)
+            }
+            // ParseComplete and BindComplete of pgveil's own statement.
+            tag::PARSE_COMPLETE | tag::BIND_COMPLETE => Some(Pass::Replace),
+            _ => None,
+        }
     }
 
     /// Swallows the answers to a copy probe at the front of the queue and
@@ -977,7 +1088,7 @@ impl<'a> ServerPump<'a> {
                 drop(ops);
                 self.shared.probes.fetch_sub(1, Ordering::AcqRel);
                 let probed = match (fields, failed, self.ctx.mask) {
-                    (Some(f), false, Some(mask)) => match mask.plan(&f) {
+                    (Some(f), false, Some(mask)) => match mask.plan(&f, None) {
                         Some(plan) => Probed::Masked(plan),
                         None => Probed::Clear,
                     },
@@ -1005,7 +1116,7 @@ impl<'a> ServerPump<'a> {
                 Pass::Forward
             }
             _ => {
-                self.copy_refused = true;
+                self.refusing = Some(COPY_REFUSED.into());
                 Pass::Replace
             }
         }
@@ -1028,7 +1139,7 @@ impl<'a> ServerPump<'a> {
             }
             None => {
                 self.copy_rewrite = None;
-                self.copy_refused = true;
+                self.refusing = Some(COPY_REFUSED.into());
             }
         }
         Pass::Replace
@@ -1041,11 +1152,14 @@ impl<'a> ServerPump<'a> {
             tag::ROW_DESCRIPTION => plan::parse_row_description(body),
             _ => Some(Vec::new()),
         };
-        let described = {
+        // The op this answers, and for a simple Query's rows, what the
+        // statement now answered computes its columns from.
+        let (described, query_lineage) = {
             let mut ops = self.shared.ops();
             match ops.front() {
-                Some(Op::Describe { .. }) => ops.pop_front(),
-                _ => None,
+                Some(Op::Describe { .. }) => (ops.pop_front(), None),
+                Some(Op::Query(_, analysis, i)) => (None, Some((analysis.clone(), *i))),
+                _ => (None, None),
             }
         };
         let Some(mask) = self.ctx.mask else {
@@ -1056,8 +1170,8 @@ impl<'a> ServerPump<'a> {
         };
         // An unreadable description fails closed: an empty plan matches no
         // row, and rows that match no plan are sent as NULLs.
-        let plan_of = |fields: &Option<Vec<Field>>| match fields {
-            Some(f) => mask.plan(f),
+        let plan_of = |fields: &Option<Vec<Field>>, lineage: Option<&[Output]>| match fields {
+            Some(f) => mask.plan(f, lineage),
             None => Some(Arc::new(Plan::all_null(0))),
         };
         match described {
@@ -1067,15 +1181,28 @@ impl<'a> ServerPump<'a> {
                 injected,
             }) => {
                 if kind == b'S' {
-                    self.statements.insert(name, fields.map(Arc::new));
+                    self.statements.entry(name).or_default().fields = fields.map(Arc::new);
                 } else {
-                    self.portals.insert(name, Shape::Known(plan_of(&fields)));
+                    let lineage = self
+                        .portal_statements
+                        .get(&name)
+                        .and_then(|st| self.statements.get(st))
+                        .and_then(Prepared::lineage);
+                    let plan = plan_of(&fields, lineage);
+                    self.portals.insert(name, Shape::Known(plan));
                 }
                 if injected {
                     return Pass::Replace;
                 }
             }
-            _ if tag == tag::ROW_DESCRIPTION => self.row_plan = Some(plan_of(&fields)),
+            _ if tag == tag::ROW_DESCRIPTION => {
+                let lineage = query_lineage
+                    .as_ref()
+                    .and_then(|(a, i)| lineage_of(a.as_deref(), *i));
+                let plan = plan_of(&fields, lineage);
+                self.refusing = plan.as_ref().and_then(|p| p.refusal.clone());
+                self.row_plan = Some(plan);
+            }
             _ => self.note_out_of_step(),
         }
         Pass::Forward
@@ -1086,7 +1213,10 @@ impl<'a> ServerPump<'a> {
         let Some(mask) = self.ctx.mask else {
             return Shape::Unknown;
         };
-        let Some(Some(fields)) = self.statements.get(statement) else {
+        let Some(prepared) = self.statements.get(statement) else {
+            return Shape::Unknown;
+        };
+        let Some(fields) = &prepared.fields else {
             return Shape::Unknown;
         };
         // A statement's description reports text for every column; the
@@ -1102,7 +1232,7 @@ impl<'a> ServerPump<'a> {
                 ..f.clone()
             })
             .collect();
-        Shape::Known(mask.plan(&fields))
+        Shape::Known(mask.plan(&fields, prepared.lineage()))
     }
 
     /// A DataRow of a masked session: rewritten when its plan masks.
@@ -1118,6 +1248,14 @@ impl<'a> ServerPump<'a> {
         let Some(plan) = plan else {
             return Pass::Forward;
         };
+        if !self.ctx.mask.is_some_and(|m| m.masking.enforce()) {
+            // Dry run: the plan is recorded at the statement's end.
+            return Pass::Forward;
+        }
+        if let Some(refusal) = &plan.refusal {
+            self.refusing = Some(refusal.clone());
+            return Pass::Replace;
+        }
         if plan.rewrite(body, &mut self.scratch).is_none() {
             // Rows of an unknown shape: every value becomes NULL.
             self.scratch.clear();
@@ -1174,7 +1312,10 @@ impl<'a> ServerPump<'a> {
     fn end_statement(&mut self, outcome: Outcome, rows: u64) {
         let mut ops = self.shared.ops();
         let (protocol, started) = match ops.front_mut() {
-            Some(Op::Query(t)) => ("query", std::mem::replace(&mut t.started, Instant::now())),
+            Some(Op::Query(t, _, i)) => {
+                *i += 1;
+                ("query", std::mem::replace(&mut t.started, Instant::now()))
+            }
             Some(Op::Execute(t, _)) => ("execute", t.started),
             Some(Op::FunctionCall(t)) => ("function_call", t.started),
             _ => {
@@ -1202,25 +1343,25 @@ impl<'a> ServerPump<'a> {
         let failed = Outcome::Failed(fields.code);
         let mut ops = self.shared.ops();
         match ops.front() {
-            Some(Op::Query(_) | Op::FunctionCall(_) | Op::Execute(..)) => {
+            Some(Op::Query(..) | Op::FunctionCall(_) | Op::Execute(..)) => {
                 drop(ops);
                 self.end_statement(failed, 0);
                 ops = self.shared.ops();
             }
             // An error with nothing of ours pending (a FATAL at idle) or ahead
             // of one of pgveil's own replies ends nothing.
-            Some(Op::Sync | Op::Reply { .. }) | None => return,
+            Some(Op::Sync | Op::Refused { .. }) | None => return,
             Some(_) => {
                 ops.pop_front();
             }
         }
         // Simple-protocol errors end at ReadyForQuery; extended-protocol
         // errors make the server skip everything up to the next Sync.
-        if matches!(ops.front(), Some(Op::Query(_) | Op::FunctionCall(_))) {
+        if matches!(ops.front(), Some(Op::Query(..) | Op::FunctionCall(_))) {
             return;
         }
         while let Some(op) = ops.front() {
-            if matches!(op, Op::Sync | Op::Reply { .. }) {
+            if matches!(op, Op::Sync | Op::Refused { .. }) {
                 break;
             }
             ops.pop_front();

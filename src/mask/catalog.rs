@@ -21,7 +21,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::ServerConn;
-use crate::mask::rules::ColumnName;
+use crate::mask::rules::{ColumnName, TableName};
+use crate::policy::analyze::{ColumnRef, RelName};
 use crate::wire::{self, tag};
 
 /// Largest message accepted from the server while reading the catalog.
@@ -72,7 +73,14 @@ pub struct Column {
 pub struct Catalog {
     columns: HashMap<(u32, i16), Column>,
     relations: HashSet<u32>,
+    /// Each relation's columns by name, in column order.
+    tables: HashMap<TableName, Vec<(i16, u32)>>,
+    /// Distinguishes catalogs read at different times (0: never read).
+    generation: u64,
 }
+
+/// The generation of the next catalog read.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Catalog {
     /// The column a RowDescription field names.
@@ -83,6 +91,60 @@ impl Catalog {
     /// Whether the relation was known when the catalog was read.
     pub fn knows_relation(&self, table_oid: u32) -> bool {
         self.relations.contains(&table_oid)
+    }
+
+    /// The column a statement names (`schema.table.column`); an unqualified
+    /// relation is looked up as the default search path would find it.
+    pub fn column_by_name(&self, r: &ColumnRef) -> Option<&Column> {
+        let table = self.table_name(&r.relation)?;
+        let (oid, attnum) = self.tables.get(&table)?.iter().find_map(|(attnum, oid)| {
+            let c = self.columns.get(&(*oid, *attnum))?;
+            (c.name.column == r.column).then_some((*oid, *attnum))
+        })?;
+        self.columns.get(&(oid, attnum))
+    }
+
+    /// Every column of the relation with this OID.
+    pub fn columns_of(&self, table_oid: u32) -> impl Iterator<Item = &Column> {
+        self.columns
+            .iter()
+            .filter(move |((oid, _), _)| *oid == table_oid)
+            .map(|(_, c)| c)
+    }
+
+    /// Every column of a relation, in order.
+    pub fn relation_columns(&self, r: &RelName) -> Vec<&Column> {
+        let Some(table) = self.table_name(r) else {
+            return Vec::new();
+        };
+        self.tables
+            .get(&table)
+            .into_iter()
+            .flatten()
+            .filter_map(|(attnum, oid)| self.columns.get(&(*oid, *attnum)))
+            .collect()
+    }
+
+    /// A relation name as the server would resolve it: schema-qualified
+    /// names as they are, others in `public`, then `pg_catalog`.
+    fn table_name(&self, r: &RelName) -> Option<TableName> {
+        let candidates: Vec<&str> = match &r.schema {
+            Some(s) => vec![s.as_str()],
+            None => vec!["public", "pg_catalog"],
+        };
+        candidates.into_iter().find_map(|schema| {
+            let t = TableName {
+                schema: schema.to_owned(),
+                table: r.name.clone(),
+            };
+            self.tables.contains_key(&t).then_some(t)
+        })
+    }
+
+    /// Which read of the catalog this is: analyses made against another
+    /// generation are stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Every column, for the rule lint.
@@ -99,7 +161,10 @@ impl Catalog {
 
     /// Builds the map from the rows of the two catalog queries.
     pub fn from_rows(columns: &[Row], deps: &[Row]) -> Result<Self, CatalogError> {
-        let mut catalog = Catalog::default();
+        let mut catalog = Catalog {
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..Catalog::default()
+        };
         let mut views: HashMap<u32, Vec<i16>> = HashMap::new();
         for row in columns {
             let [oid, attnum, schema, table, column, kind, type_oid] = row.as_slice() else {
@@ -122,6 +187,11 @@ impl Catalog {
             };
             catalog.relations.insert(oid);
             let type_oid = parse_num::<u32>(type_oid)?;
+            let table = TableName {
+                schema: name.schema.clone(),
+                table: name.table.clone(),
+            };
+            catalog.tables.entry(table).or_default().push((attnum, oid));
             catalog.columns.insert(
                 (oid, attnum),
                 Column {
@@ -142,6 +212,9 @@ impl Catalog {
                 .push((parse_num(base)?, parse_num(attnum)?));
         }
         catalog.resolve_views(&views, &reads);
+        for cols in catalog.tables.values_mut() {
+            cols.sort_unstable();
+        }
         Ok(catalog)
     }
 
@@ -195,6 +268,20 @@ impl Catalog {
                 break;
             }
         }
+    }
+}
+
+impl crate::policy::analyze::Schema for Catalog {
+    fn resolve(&self, name: &RelName) -> Option<RelName> {
+        self.table_name(name).map(|t| RelName {
+            schema: Some(t.schema),
+            name: t.table,
+        })
+    }
+
+    fn columns(&self, name: &RelName) -> Option<Vec<String>> {
+        let cols = self.relation_columns(name);
+        (!cols.is_empty()).then(|| cols.iter().map(|c| c.name.column.clone()).collect())
     }
 }
 

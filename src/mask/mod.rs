@@ -9,16 +9,18 @@
 //! reload swaps an `Arc`, and a session picks up the new snapshot at its
 //! next result. A reload that fails keeps the rules in force.
 //!
-//! Limits of this version: a result column that is an expression (OID 0 in
-//! its RowDescription, such as `lower(email)`) is matched only by name
-//! patterns, types and detectors, not by column rules; statement lineage
-//! closes that gap. Binary COPY TO STDOUT is refused for covered
+//! A result column that is an expression (OID 0 in its RowDescription, such
+//! as `lower(email)`) is traced through the statement's lineage, which the
+//! policy's analysis provides (see [`lineage`]).
+//!
+//! Limits of this version: binary COPY TO STDOUT is refused for covered
 //! identities (text and CSV are masked: see [`copy`]).
 
 pub mod catalog;
 pub mod copy;
 pub mod detect;
 pub mod fixtures;
+pub mod lineage;
 pub mod lint;
 pub mod plan;
 pub mod rules;
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Login;
 use crate::backend::ServerTarget;
+use crate::policy::analyze::{Output, Source};
 use catalog::{Catalog, CatalogError};
 use plan::{Field, Plan};
 use rules::{RuleError, RuleSet};
@@ -65,17 +68,19 @@ pub struct Masking {
     rules: RwLock<Arc<RuleSet>>,
     catalogs: Mutex<HashMap<String, (Arc<Catalog>, Instant)>>,
     refresh: Duration,
+    enforce: bool,
 }
 
 impl Masking {
     /// Loads the rule directory; any bad file is an error.
-    pub fn load(dir: &Path, refresh: Duration) -> Result<Self, RuleError> {
+    pub fn load(dir: &Path, refresh: Duration, enforce: bool) -> Result<Self, RuleError> {
         let rules = RuleSet::load_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             rules: RwLock::new(Arc::new(rules)),
             catalogs: Mutex::new(HashMap::new()),
             refresh,
+            enforce,
         })
     }
 
@@ -87,6 +92,12 @@ impl Masking {
     /// The rule directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// False in dry-run mode: plans are made and recorded, rows pass
+    /// unchanged.
+    pub fn enforce(&self) -> bool {
+        self.enforce
     }
 
     /// How often catalogs are read again.
@@ -171,19 +182,46 @@ pub struct SessionMask<'a> {
 
 impl SessionMask<'_> {
     /// The plan for a result with `fields`, or `None` when nothing in it
-    /// is masked for this identity.
-    pub fn plan(&self, fields: &[Field]) -> Option<Arc<Plan>> {
-        let rules = self.masking.rules();
+    /// is masked for this identity. `lineage` is what the statement's
+    /// analysis says the columns are computed from, when it is known.
+    ///
+    /// Without lineage that fits the result (a FETCH or an EXECUTE of SQL
+    /// level, whose rows come from elsewhere; a statement that was not
+    /// analyzed), every computed column counts as untraced: for a covered
+    /// identity it is redacted.
+    pub fn plan(&self, fields: &[Field], lineage: Option<&[Output]>) -> Option<Arc<Plan>> {
+        let (rules, catalog) = self.snapshot();
         if !rules.covers_any(&self.groups) {
             return None;
         }
+        let untraced: Vec<Output>;
+        let lineage = match lineage.filter(|l| l.len() == fields.len()) {
+            Some(l) => l,
+            None => {
+                untraced = fields
+                    .iter()
+                    .map(|f| Output {
+                        name: String::from_utf8_lossy(&f.name).into_owned(),
+                        sources: vec![Source::Unknown],
+                    })
+                    .collect();
+                &untraced
+            }
+        };
+        let plan = Plan::with_lineage(fields, Some(lineage), &rules, &catalog, &self.groups);
+        plan.masks().then(|| Arc::new(plan))
+    }
+
+    /// The rules and the session database's catalog in force now (an empty
+    /// catalog if it was never read: every table is then unknown, which
+    /// masks for covered identities).
+    pub fn snapshot(&self) -> (Arc<RuleSet>, Arc<Catalog>) {
         let catalog = self
             .masking
             .cached(&self.database)
             .map(|(c, _)| c)
             .unwrap_or_default();
-        let plan = Plan::build(fields, &rules, &catalog, &self.groups);
-        plan.masks().then(|| Arc::new(plan))
+        (self.masking.rules(), catalog)
     }
 
     /// Whether any rule in force covers this identity.

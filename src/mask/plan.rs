@@ -17,8 +17,10 @@ use bytes::{BufMut, BytesMut};
 
 use crate::mask::catalog::Catalog;
 use crate::mask::detect::DetectorSet;
-use crate::mask::rules::{DetectWhere, RuleSet, Selector};
+use crate::mask::lineage;
+use crate::mask::rules::{DetectWhere, RuleSet};
 use crate::mask::value::{self, oid, Format, MaskFn};
+use crate::policy::analyze::Output;
 use crate::wire::{self, tag};
 
 /// One column of a RowDescription.
@@ -77,6 +79,8 @@ pub enum Action {
     Mask(Arc<MaskFn>),
     /// Detectors rewrite matches inside the text.
     Detect(Vec<(Arc<DetectorSet>, Arc<MaskFn>)>),
+    /// The rule named refuses results computed from its columns.
+    Refuse(String),
 }
 
 /// One column's action, with what encoding it needs.
@@ -92,6 +96,8 @@ pub struct Plan {
     columns: Vec<Option<ColumnPlan>>,
     /// `column(rule)` for each masked column, for the audit trail.
     pub masked: Vec<String>,
+    /// Set when a rule refuses this result: the client's message.
+    pub refusal: Option<String>,
 }
 
 impl Plan {
@@ -114,27 +120,50 @@ impl Plan {
                 })
                 .collect(),
             masked: vec!["*(unknown result shape)".into()],
+            refusal: None,
         }
     }
 
     /// Builds the plan of `fields` for an identity with `groups`.
     pub fn build(fields: &[Field], rules: &RuleSet, catalog: &Catalog, groups: &[String]) -> Self {
+        Self::with_lineage(fields, None, rules, catalog, groups)
+    }
+
+    /// Builds the plan of `fields`, with what the statement's analysis says
+    /// each column is computed from (`lineage`, one output per field).
+    pub fn with_lineage(
+        fields: &[Field],
+        lineage: Option<&[Output]>,
+        rules: &RuleSet,
+        catalog: &Catalog,
+        groups: &[String],
+    ) -> Self {
         let mut plan = Plan::default();
-        for field in fields {
+        let lineage = lineage.filter(|l| l.len() == fields.len());
+        for (i, field) in fields.iter().enumerate() {
             let format = if field.format == 1 {
                 Format::Binary
             } else {
                 Format::Text
             };
-            let (action, why) = match field_action(field, rules, catalog, groups) {
+            let derived = lineage.and_then(|l| l.get(i));
+            let (action, why) = match field_action(field, derived, rules, catalog, groups) {
                 Some(found) => found,
                 None => {
                     plan.columns.push(None);
                     continue;
                 }
             };
-            plan.masked
-                .push(format!("{}({why})", String::from_utf8_lossy(&field.name)));
+            let column = String::from_utf8_lossy(&field.name);
+            if let Action::Refuse(rule) = &action {
+                plan.refusal.get_or_insert_with(|| {
+                    format!(
+                        "pgveil masking rule \"{rule}\": result column \"{column}\" is computed \
+                         from a covered column, which this rule does not allow"
+                    )
+                });
+            }
+            plan.masked.push(format!("{column}({why})"));
             plan.columns.push(Some(ColumnPlan {
                 action,
                 type_oid: field.type_oid,
@@ -189,6 +218,8 @@ impl ColumnPlan {
         match &self.action {
             Action::Mask(f) => value::mask_value(f, self.type_oid, self.format, v),
             Action::Detect(sets) => self.detect(sets, v),
+            // A refused result sends no rows; NULL if one slips through.
+            Action::Refuse(_) => None,
         }
     }
 
@@ -235,6 +266,7 @@ fn is_textual(type_oid: u32) -> bool {
 /// The action for one field, with a short reason (the rule names).
 fn field_action(
     field: &Field,
+    lineage: Option<&Output>,
     rules: &RuleSet,
     catalog: &Catalog,
     groups: &[String],
@@ -253,24 +285,29 @@ fn field_action(
         _ => None,
     };
     let field_name = String::from_utf8_lossy(&field.name);
-    for rule in &rules.rules {
-        let matches = match &rule.selector {
-            Selector::Columns(names) => {
-                column.is_some_and(|c| c.origins.iter().chain([&c.name]).any(|o| names.contains(o)))
-            }
-            Selector::Pattern(re) => match column {
-                Some(c) => c
-                    .origins
-                    .iter()
-                    .chain([&c.name])
-                    .any(|o| re.is_match(&o.column)),
-                None => re.is_match(&field_name),
-            },
-            Selector::Types(types) => types.contains(&field.type_oid),
-        };
-        if matches && rule.scope.covers(groups) {
-            return Some((Action::Mask(rule.function.clone()), rule.name.clone()));
+    if let Some(rule) = rules.covering(column, &field_name, field.type_oid, groups) {
+        return Some((Action::Mask(rule.function.clone()), rule.name.clone()));
+    }
+    // A whole row of a relation (`SELECT c FROM customers c` reports the
+    // table with column number 0): covered when any of its columns is.
+    if field.table_oid != 0 && field.attnum <= 0 {
+        let covered = catalog
+            .columns_of(field.table_oid)
+            .find_map(|c| rules.covering(Some(c), &c.name.column, c.type_oid, groups));
+        if let Some(rule) = covered {
+            let why = format!("whole row, {}", rule.name);
+            return Some((Action::Mask(Arc::new(MaskFn::Redact)), why));
         }
+    }
+    // A computed column: what the statement computes it from. (A plain
+    // column's origin comes from the server itself, which is exact.)
+    let computed = lineage.filter(|_| field.table_oid == 0 || field.attnum <= 0);
+    if let Some(m) = computed.and_then(|o| lineage::output_mask(&o.sources, rules, catalog, groups))
+    {
+        if let Some(rule) = m.refuse_derived {
+            return Some((Action::Refuse(rule.name.clone()), m.why));
+        }
+        return Some((Action::Mask(m.function), m.why));
     }
     if !is_textual(field.type_oid) && field.table_oid != 0 {
         return None;

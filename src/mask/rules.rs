@@ -87,6 +87,20 @@ struct RawEntry {
     // Who it applies to.
     except_groups: Option<Vec<String>>,
     only_groups: Option<Vec<String>>,
+    // What statements may do with the columns ([[rule]] only).
+    allow_predicates: Option<bool>,
+    derived: Option<Derived>,
+}
+
+/// What happens to a result column computed from a covered column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Derived {
+    /// The computed value is masked as a whole.
+    #[default]
+    Mask,
+    /// The statement is refused.
+    Refuse,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +201,11 @@ pub struct Rule {
     pub function: Arc<MaskFn>,
     /// Who it applies to.
     pub scope: Scope,
+    /// Whether WHERE, JOIN ON, HAVING, ORDER BY and GROUP BY may use the
+    /// covered columns (refused by default: they let a client infer values).
+    pub allow_predicates: bool,
+    /// What happens to results computed from the covered columns.
+    pub derived: Derived,
 }
 
 /// Where a detector rule looks.
@@ -303,6 +322,36 @@ impl RuleSet {
             || self.detects.iter().any(|d| d.scope.covers(groups))
     }
 
+    /// The rule that masks a column for an identity with `groups`: the most
+    /// specific one that matches and covers it. `column` is the catalog's
+    /// column (with the base columns it comes from), absent for an
+    /// expression; `name` is the output or column name that patterns match
+    /// when there is no catalog column.
+    pub fn covering(
+        &self,
+        column: Option<&crate::mask::catalog::Column>,
+        name: &str,
+        type_oid: u32,
+        groups: &[String],
+    ) -> Option<&Rule> {
+        self.rules.iter().find(|rule| {
+            let matches = match &rule.selector {
+                Selector::Columns(names) => column
+                    .is_some_and(|c| c.origins.iter().chain([&c.name]).any(|o| names.contains(o))),
+                Selector::Pattern(re) => match column {
+                    Some(c) => c
+                        .origins
+                        .iter()
+                        .chain([&c.name])
+                        .any(|o| re.is_match(&o.column)),
+                    None => re.is_match(name),
+                },
+                Selector::Types(types) => types.contains(&type_oid),
+            };
+            matches && rule.scope.covers(groups)
+        })
+    }
+
     /// Every group that a rule names.
     pub fn groups(&self) -> impl Iterator<Item = &String> {
         self.rules
@@ -347,6 +396,8 @@ fn compile_rule(r: &RawEntry, base: &Path) -> Result<Rule, String> {
         selector,
         function: Arc::new(compile_function(r, base)?),
         scope: compile_scope(r)?,
+        allow_predicates: r.allow_predicates.unwrap_or(false),
+        derived: r.derived.unwrap_or_default(),
     })
 }
 
@@ -354,6 +405,9 @@ fn compile_detect(d: &RawEntry, base: &Path) -> Result<DetectRule, String> {
     check_name(&d.name)?;
     if d.column_pattern.is_some() || d.types.is_some() {
         return Err("`column_pattern` and `types` belong in a [[rule]] table".into());
+    }
+    if d.allow_predicates.is_some() || d.derived.is_some() {
+        return Err("`allow_predicates` and `derived` belong in a [[rule]] table".into());
     }
     let detectors = d.detectors.clone().unwrap_or_default();
     if detectors.is_empty() {

@@ -125,19 +125,64 @@ fn ready(status: u8) -> BytesMut {
     message(tag::READY_FOR_QUERY, &[status])
 }
 
+/// The error a server sends for pgveil's raising statement, with the
+/// CONTEXT field that pgveil must strip.
+fn raised_error() -> BytesMut {
+    let mut body = Vec::new();
+    for (kind, text) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', "42501"),
+        (b'M', "pgveil policy \"test\": refused"),
+        (b'W', "PL/pgSQL function inline_code_block line 1 at RAISE"),
+    ] {
+        body.push(kind);
+        body.extend_from_slice(text.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    message(tag::ERROR_RESPONSE, &body)
+}
+
+fn has_field(error: &[u8], kind: u8) -> bool {
+    let mut rest = &error[wire::HEADER_LEN..];
+    while let Some((&k, after)) = rest.split_first() {
+        if k == 0 {
+            return false;
+        }
+        if k == kind {
+            return true;
+        }
+        let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
+        rest = &after[(end + 1).min(after.len())..];
+    }
+    false
+}
+
 #[tokio::test]
-async fn refusal_in_simple_mode_follows_earlier_results() {
+async fn refusal_in_simple_mode_is_raised_by_the_server() {
     let mut rig = start(Policy::refusing("secret"), 1 << 20);
-    let mut batch = query("select 1");
+    let mut batch = query("begin; select 1");
     batch.extend_from_slice(&query("select secret"));
     rig.client.write_all(&batch).await.expect("write");
 
     let (tags, forwarded) = read_until(&mut rig.server, tag::QUERY).await;
     assert_eq!(tags, vec![tag::QUERY]);
-    assert!(!forwarded.windows(6).any(|w| w == b"secret"));
+    let (tags, raised) = read_until(&mut rig.server, tag::QUERY).await;
+    assert_eq!(tags, vec![tag::QUERY]);
+    assert!(forwarded.windows(8).any(|w| w == b"select 1"));
+    assert!(
+        raised.windows(11).any(|w| w == b"DO $pgveil$"),
+        "{raised:?}"
+    );
+    assert!(!raised.windows(13).any(|w| w == b"select secret"));
 
+    // The server answers the raising statement as it answers any failed
+    // statement in a transaction block.
     let mut answer = command_complete("SELECT 1");
-    answer.extend_from_slice(&ready(b'I'));
+    answer.extend_from_slice(&ready(b'T'));
+    answer.extend_from_slice(&raised_error());
+    answer.extend_from_slice(&ready(b'E'));
     rig.server.write_all(&answer).await.expect("write");
 
     let (tags, _) = read_until(&mut rig.client, tag::READY_FOR_QUERY).await;
@@ -146,12 +191,17 @@ async fn refusal_in_simple_mode_follows_earlier_results() {
     assert_eq!(tags, vec![tag::ERROR_RESPONSE, tag::READY_FOR_QUERY]);
     let fields = wire::parse_error_fields(&bytes[wire::HEADER_LEN..]).expect("fields");
     assert_eq!(fields.code, sqlstate::INSUFFICIENT_PRIVILEGE.code());
-    assert_eq!(fields.severity, "ERROR");
+    assert!(!has_field(&bytes, b'W'), "the server's CONTEXT is stripped");
+    assert_eq!(
+        bytes.last(),
+        Some(&b'E'),
+        "the transaction failed, as on the server"
+    );
     rig.relay.abort();
 }
 
 #[tokio::test]
-async fn refusal_in_extended_mode_discards_until_sync() {
+async fn refusal_in_extended_mode_is_raised_by_the_server() {
     let mut rig = start(Policy::refusing("secret"), 1 << 20);
     let mut batch = parse("select secret");
     batch.extend_from_slice(&message(tag::BIND, b"\0\0\0\0\0\0\0\0"));
@@ -159,12 +209,41 @@ async fn refusal_in_extended_mode_discards_until_sync() {
     batch.extend_from_slice(&message(tag::SYNC, b""));
     rig.client.write_all(&batch).await.expect("write");
 
-    let (tags, _) = read_until(&mut rig.server, tag::SYNC).await;
-    assert_eq!(tags, vec![tag::SYNC], "only Sync reaches the server");
-    rig.server.write_all(&ready(b'I')).await.expect("write");
+    // pgveil's Parse, Bind and Execute of the raising statement take the
+    // refused Parse's place; the client's other messages follow, and the
+    // server skips them after the error.
+    let (tags, bytes) = read_until(&mut rig.server, tag::SYNC).await;
+    let want = [
+        tag::PARSE,
+        tag::BIND,
+        tag::EXECUTE,
+        tag::BIND,
+        tag::EXECUTE,
+        tag::SYNC,
+    ];
+    assert_eq!(tags, want);
+    assert!(!bytes.windows(13).any(|w| w == b"select secret"));
+    let mut answer = message(tag::PARSE_COMPLETE, b"");
+    answer.extend_from_slice(&message(tag::BIND_COMPLETE, b""));
+    answer.extend_from_slice(&raised_error());
+    answer.extend_from_slice(&ready(b'I'));
+    rig.server.write_all(&answer).await.expect("write");
 
-    let (tags, _) = read_until(&mut rig.client, tag::READY_FOR_QUERY).await;
+    let (tags, bytes) = read_until(&mut rig.client, tag::READY_FOR_QUERY).await;
     assert_eq!(tags, vec![tag::ERROR_RESPONSE, tag::READY_FOR_QUERY]);
+    assert!(!has_field(&bytes, b'W'));
+
+    // The session goes on in step.
+    rig.client
+        .write_all(&query("select 2"))
+        .await
+        .expect("write");
+    read_until(&mut rig.server, tag::QUERY).await;
+    let mut answer = command_complete("SELECT 1");
+    answer.extend_from_slice(&ready(b'I'));
+    rig.server.write_all(&answer).await.expect("write");
+    let (tags, _) = read_until(&mut rig.client, tag::READY_FOR_QUERY).await;
+    assert_eq!(tags, vec![tag::COMMAND_COMPLETE, tag::READY_FOR_QUERY]);
     rig.relay.abort();
 }
 

@@ -434,6 +434,26 @@ pub struct ErrorFields {
     pub code: String,
 }
 
+/// Appends the ErrorResponse whose body is `body` without its fields of
+/// kind `drop` (a server's CONTEXT, say).
+pub fn put_error_without(out: &mut BytesMut, body: &[u8], drop: u8) {
+    put_message(out, tag::ERROR_RESPONSE, |b| {
+        let mut rest = body;
+        while let Some((&kind, after)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = after.iter().position(|&c| c == 0).unwrap_or(after.len());
+            if kind != drop {
+                b.put_u8(kind);
+                put_cstr(b, &after[..end]);
+            }
+            rest = after.get(end + 1..).unwrap_or_default();
+        }
+        b.put_u8(0);
+    });
+}
+
 /// Reads severity and SQLSTATE from an ErrorResponse body, ignoring the
 /// message text (it may quote row values).
 pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, FrameError> {
