@@ -42,6 +42,7 @@ else
 fi
 SCALE=${SCALE:-10}
 PGVEIL_THREADS=${PGVEIL_THREADS:-1}
+POLICY=${POLICY:-1}
 TARGETS=${TARGETS:-"direct pgbouncer pgveil pgveil-masked"}
 BULK_BINARY=${BULK_BINARY:-1}
 
@@ -52,6 +53,7 @@ is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 is_uint "$DURATION" && (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION must be 1..600 seconds"
 is_uint "$ROUNDS" && (( ROUNDS >= 1 && ROUNDS <= 50 )) || die "ROUNDS must be 1..50"
 is_uint "$BULK_REPS" && (( BULK_REPS >= 1 && BULK_REPS <= 20 )) || die "BULK_REPS must be 1..20"
+[[ "$POLICY" == 0 || "$POLICY" == 1 ]] || die "POLICY must be 0 or 1"
 is_uint "$PGVEIL_THREADS" && (( PGVEIL_THREADS >= 1 && PGVEIL_THREADS <= 1024 )) || die "PGVEIL_THREADS must be 1..1024"
 is_uint "$SCALE" && (( SCALE >= 1 && SCALE <= 1000 )) || die "SCALE must be 1..1000"
 [[ "$BULK_BINARY" == 0 || "$BULK_BINARY" == 1 ]] || die "BULK_BINARY must be 0 or 1"
@@ -406,6 +408,23 @@ tls = "disable"
 [auth]
 method = "trust"
 EOF
+    if [[ "$POLICY" != 0 ]]; then
+        # Statement policy on: rules that apply to every identity, so every
+        # statement is parsed (or found in the analysis cache) and decided.
+        mkdir -p "$TMP/policy-rules"
+        cat >"$TMP/policy-rules/bench.toml" <<'EOF'
+[[policy]]
+name = "bounded-writes"
+unbounded_writes = true
+action = "refuse"
+
+[[policy]]
+name = "no-file-access"
+functions = ["pg_read_file", "lo_*"]
+action = "refuse"
+EOF
+        printf '\n[policy]\nrules_dir = "%s"\n' "$TMP/policy-rules" >>"$TMP/pgveil.toml"
+    fi
     log "starting pgveil on 127.0.0.1:$VPORT ($PGVEIL_BIN)"
     export PGVEIL_SERVER_PASSWORD="$PASSWORD" RUST_LOG="${RUST_LOG:-warn}"
     start_bg pgveil TERM 0 "$TMP/pgveil.log" "$PGVEIL_BIN" serve --config "$TMP/pgveil.toml"
@@ -662,7 +681,7 @@ REPORT="$TMP/report.txt"
 {
     echo "pgveil benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit"
     echo "machine: $(nproc) cores; $pg_version; ${bouncer_version:-pgbouncer n/a}; ${veil_version:-pgveil n/a}"
-    echo "targets: ${BULK_ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE pgveil_threads=$PGVEIL_THREADS; medians"
+    echo "targets: ${BULK_ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE pgveil_threads=$PGVEIL_THREADS policy=$POLICY; medians"
     echo "pgbench rows: TPS (pgbench -S -n -M mode -c N -j M); bulk rows: rows/s (text: psql -A -t, output to /dev/null;"
     echo "  binary: psycopg binary cursor, result received by libpq and dropped)"
     echo "pgveil masked: a second pgveil masking email (hash), name (partial) and ssn (redact) of bulk_people; bulk rows only"

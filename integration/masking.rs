@@ -37,14 +37,24 @@ pub fn cases() -> Vec<Case<Ctx>> {
 /// A gateway with trust auth, `ana` in `analysts` (masked) and `dora` in
 /// `dba` (exempt), and the rules of `rules_dir`.
 fn masked_gateway(ctx: &Ctx, rules_dir: &Path) -> (Pgveil, SocketAddr) {
+    gateway_with(
+        ctx,
+        "trust_groups = { ana = [\"analysts\"], dora = [\"dba\"] }",
+        &format!(
+            "[masking]\nrules_dir = \"{}\"\ncatalog_refresh = \"5s\"\n",
+            rules_dir.display()
+        ),
+    )
+}
+
+/// A trust-auth gateway with `auth` lines added to its `[auth]` table and
+/// `tables` after it, with the server password and the shipped rules' hash
+/// key in its environment.
+pub fn gateway_with(ctx: &Ctx, auth: &str, tables: &str) -> (Pgveil, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", crate::harness::free_port())
         .parse()
         .expect("address");
-    let extra = format!(
-        "trust_groups = {{ ana = [\"analysts\"], dora = [\"dba\"] }}\n\n\
-         [masking]\nrules_dir = \"{}\"\ncatalog_refresh = \"5s\"\n",
-        rules_dir.display()
-    );
+    let extra = format!("{auth}\n\n{tables}");
     let config = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "tls = \"disable\"", &extra);
     let gateway = Pgveil::start(
         &bin(),

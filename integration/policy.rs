@@ -12,9 +12,7 @@ use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 use crate::harness::{case, psql, Case, Pgveil, SCRAM_ROLE};
 use crate::raw::{self, Raw};
-use crate::{bin, blocking, gateway_toml, repo, Ctx, DB, PASSWORD_ENV};
-
-const MASK_KEY: &str = "integration-test-mask-key-0123456789";
+use crate::{blocking, repo, Ctx, DB};
 
 pub fn cases() -> Vec<Case<Ctx>> {
     vec![
@@ -30,28 +28,17 @@ pub fn cases() -> Vec<Case<Ctx>> {
 /// trust identities: ana (analysts, masked), dora (dba), aud (auditors),
 /// dev (developers).
 fn policy_gateway(ctx: &Ctx, enforce: bool) -> (Pgveil, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", crate::harness::free_port())
-        .parse()
-        .expect("address");
-    let extra = format!(
-        "trust_groups = {{ ana = [\"analysts\"], dora = [\"dba\"], aud = [\"auditors\"], \
-         dev = [\"developers\"] }}\n\n\
-         [masking]\nrules_dir = \"{}\"\nenforce = {enforce}\n\n\
-         [policy]\nrules_dir = \"{}\"\nenforce = {enforce}\n",
-        repo().join("masking-rules").display(),
-        repo().join("testdata/policy-rules").display(),
-    );
-    let config = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "tls = \"disable\"", &extra);
-    let gateway = Pgveil::start(
-        &bin(),
-        &config,
-        addr,
-        &[
-            (PASSWORD_ENV, ctx.pg.password(SCRAM_ROLE)),
-            ("PGVEIL_MASK_KEY", MASK_KEY),
-        ],
-    );
-    (gateway, addr)
+    crate::masking::gateway_with(
+        ctx,
+        "trust_groups = { ana = [\"analysts\"], dora = [\"dba\"], aud = [\"auditors\"], \
+         dev = [\"developers\"] }",
+        &format!(
+            "[masking]\nrules_dir = \"{}\"\nenforce = {enforce}\n\n\
+             [policy]\nrules_dir = \"{}\"\nenforce = {enforce}\n",
+            repo().join("masking-rules").display(),
+            repo().join("testdata/policy-rules").display(),
+        ),
+    )
 }
 
 fn conninfo(addr: SocketAddr, user: &str) -> String {
@@ -164,6 +151,10 @@ const BYPASS: &[&str] = &[
     "SELECT E'\\x41' || email FROM customers",
     "SELECT $x$ $x$ || national_id FROM customers",
     "select reverse(Card_Number) from public.Customers",
+    // Turning off standard strings, under which the server would read a
+    // backslash in a string differently from pgveil.
+    "SET standard_conforming_strings = off",
+    "SELECT set_config('standard_conforming_strings', 'off', false), email FROM customers",
     // Statements the parser cannot read.
     "SELECT email FROM customers ROWS FROM",
     "SELECT * FROM ROWS FROM (generate_series(1, 2)) AS x, customers",
@@ -425,6 +416,15 @@ async fn policy_rules_refuse_review_and_allow(ctx: Arc<Ctx>) {
     as_user(addr, "dora", "VACUUM ANALYZE scratch")
         .await
         .expect("dba may pass it");
+    // Nor at startup.
+    let info = format!(
+        "{} options='-c standard_conforming_strings=off'",
+        conninfo(addr, "ana")
+    );
+    let err = blocking(move || psql(&info, None, "SELECT 1"))
+        .await
+        .expect_err("startup");
+    assert!(err.contains("standard_conforming_strings"), "{err}");
     // Refusals are logged with the rule, never with the statement.
     let log = gateway.log_text();
     assert!(log.contains("bounded-writes"), "refusals reach the log");

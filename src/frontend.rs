@@ -412,6 +412,17 @@ impl Gateway {
             .into_iter()
             .filter(|(k, _)| !RESERVED_PARAMS.contains(&k.as_str()) && !k.starts_with("_pq_."))
             .collect();
+        let covered = self
+            .masking
+            .as_ref()
+            .is_some_and(|m| m.rules().covers_any(&info.identity.groups));
+        if covered && crate::policy::startup_changes_string_syntax(&passed) {
+            let refusal = Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "standard_conforming_strings may not be set by identities that masking rules cover",
+            );
+            return refuse(&mut Some(client), &refusal).await;
+        }
         let server = match self.target.connect(login, &info.database, &passed).await {
             Ok(server) => server,
             Err(e) => return self.server_refused(client, e).await,

@@ -15,6 +15,7 @@
 //! grants.
 
 pub mod analyze;
+pub mod fingerprint;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -231,6 +232,12 @@ impl Policy {
                      masking rules cover may run only statements it can analyze"
                 ),
             }),
+            Ok(_) if changes_string_syntax(sql) => Some(Refusal {
+                rule: "masking-default:string-syntax".into(),
+                message: "standard_conforming_strings may not be changed by identities that \
+                          masking rules cover: pgveil reads statements with it on"
+                    .into(),
+            }),
             Ok(stmts) => masking_defaults(stmts, &rules, &catalog, groups),
         };
         match refusal {
@@ -257,24 +264,28 @@ impl Policy {
     }
 
     /// The analysis of `sql` against `catalog`, from the cache when it is
-    /// there for this catalog.
+    /// there for this catalog. The cache is keyed by the statement's
+    /// fingerprint: statements that differ only in literals share an entry.
     fn analyze(&self, sql: &str, catalog: &crate::mask::catalog::Catalog) -> Analyzed {
         let generation = catalog.generation();
-        {
+        let key = (sql.len() <= CACHE_MAX_TEXT)
+            .then(|| fingerprint::fingerprint(sql))
+            .flatten();
+        if let Some(key) = &key {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((g, hit)) = cache.get(sql) {
+            if let Some((g, hit)) = cache.get(key) {
                 if *g == generation {
                     return hit.clone();
                 }
             }
         }
         let analyzed: Analyzed = analyze::analyze(sql, catalog).map(Arc::from);
-        if sql.len() <= CACHE_MAX_TEXT {
+        if let Some(key) = key {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(sql.to_owned(), (generation, analyzed.clone()));
+            cache.insert(key, (generation, analyzed.clone()));
         }
         analyzed
     }
@@ -373,6 +384,33 @@ fn masking_defaults(
         }
     }
     None
+}
+
+/// Whether a statement could turn off `standard_conforming_strings`, under
+/// which the server would read `\'` in a string differently from pgveil's
+/// parser. Any statement that names it is taken as doing so, except SHOW.
+fn changes_string_syntax(sql: &[u8]) -> bool {
+    const NAME: &[u8] = b"standard_conforming_strings";
+    let names_it = sql
+        .windows(NAME.len())
+        .any(|w| w.eq_ignore_ascii_case(NAME));
+    let show = sql
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(4)
+        .copied()
+        .collect::<Vec<u8>>()
+        .eq_ignore_ascii_case(b"show");
+    names_it && !show
+}
+
+/// Whether startup parameters set `standard_conforming_strings` (as a
+/// parameter of its own, or inside `options`): refused for identities that
+/// masking covers, for the reason [`changes_string_syntax`] gives.
+pub fn startup_changes_string_syntax(params: &[(String, String)]) -> bool {
+    params
+        .iter()
+        .any(|(k, v)| changes_string_syntax(k.as_bytes()) || changes_string_syntax(v.as_bytes()))
 }
 
 fn leaky_function(f: &str) -> bool {

@@ -1058,7 +1058,7 @@ mod tests {
             Some("card ###############1111")
         );
         let h = MaskFn::Hash {
-            key: std::sync::Arc::from(&b"k"[..]),
+            key: crate::mask::value::HashKey::new(b"k"),
         };
         let hashed = set.mask_text("card 4111-1111-1111-1111!", &h).unwrap();
         assert_eq!(hashed.len(), "card 4111-1111-1111-1111!".len());

@@ -154,6 +154,15 @@ impl Masking {
         Ok(catalog)
     }
 
+    /// Keeps `catalog` as the catalog of `database`, as a read would (for
+    /// tools and benchmarks that have no server).
+    pub fn insert_catalog(&self, database: &str, catalog: Catalog) {
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(database.to_owned(), (Arc::new(catalog), Instant::now()));
+    }
+
     /// The databases whose catalogs are kept.
     pub fn databases(&self) -> Vec<String> {
         let map = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());

@@ -189,26 +189,55 @@ impl Plan {
     /// Writes the DataRow whose body is `body`, rewritten by the plan, to
     /// `out`. `None` when the row does not match the plan's shape.
     pub fn rewrite(&self, body: &[u8], out: &mut BytesMut) -> Option<()> {
-        let values = split_data_row(body)?;
-        if values.len() != self.columns.len() {
+        let start = out.len();
+        let written = self.rewrite_into(body, out);
+        if written.is_none() {
+            out.truncate(start);
+        }
+        written
+    }
+
+    /// One pass over the row: values without an action are copied as they
+    /// are, with no allocation.
+    fn rewrite_into(&self, body: &[u8], out: &mut BytesMut) -> Option<()> {
+        let (count, mut rest) = take_i16(body)?;
+        if usize::try_from(count).ok()? != self.columns.len() {
             return None;
         }
-        wire::put_message(out, tag::DATA_ROW, |b| {
-            b.put_i16(values.len() as i16);
-            for (value, column) in values.iter().zip(&self.columns) {
-                let masked = match (value, column) {
-                    (Some(v), Some(c)) => c.apply(v),
-                    (v, _) => v.map(<[u8]>::to_vec),
-                };
-                match masked {
-                    Some(v) => {
-                        b.put_i32(v.len() as i32);
-                        b.put_slice(&v);
-                    }
-                    None => b.put_i32(-1),
+        let start = out.len();
+        out.put_u8(tag::DATA_ROW);
+        out.put_i32(0);
+        out.put_i16(count);
+        for column in &self.columns {
+            let (len, after) = take_i32(rest)?;
+            let Ok(n) = usize::try_from(len) else {
+                out.put_i32(-1);
+                rest = after;
+                continue;
+            };
+            let value = after.get(..n)?;
+            rest = after.get(n..)?;
+            let masked = match column {
+                None => {
+                    out.put_i32(len);
+                    out.put_slice(value);
+                    continue;
                 }
+                Some(c) => c.apply(value),
+            };
+            match masked {
+                Some(v) => {
+                    out.put_i32(i32::try_from(v.len()).ok()?);
+                    out.put_slice(&v);
+                }
+                None => out.put_i32(-1),
             }
-        });
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let len = i32::try_from(out.len() - start - 1).ok()?;
+        out[start + 1..start + wire::HEADER_LEN].copy_from_slice(&len.to_be_bytes());
         Some(())
     }
 }

@@ -20,7 +20,7 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
 use crate::mask::detect::{Detector, DetectorSet};
-use crate::mask::value::{oid, DatePart, MaskFn};
+use crate::mask::value::{oid, DatePart, HashKey, MaskFn};
 
 /// Largest compiled regex accepted from a rule file.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -251,30 +251,12 @@ pub struct RuleSet {
 impl RuleSet {
     /// Loads every `*.toml` file of `dir`.
     pub fn load_dir(dir: &Path) -> Result<Self, RuleError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| RuleError::Io { path, source }
-        };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-            .collect();
-        files.sort();
         let mut set = RuleSet::default();
-        for path in &files {
-            let len = std::fs::metadata(path).map_err(io(path))?.len();
-            if len > MAX_RULE_FILE {
-                return Err(RuleError::Syntax {
-                    path: path.clone(),
-                    message: format!("file is larger than {MAX_RULE_FILE} bytes"),
-                });
-            }
-            let text = std::fs::read_to_string(path).map_err(io(path))?;
-            set.add_file(path, &text)?;
+        for (path, text) in read_rule_files(dir)? {
+            set.add_file(&path, &text)?;
+            set.files.push(path);
         }
         set.rules.sort_by_key(|r| r.selector.rank());
-        set.files = files;
         Ok(set)
     }
 
@@ -359,6 +341,34 @@ impl RuleSet {
             .flat_map(|r| r.scope.groups())
             .chain(self.detects.iter().flat_map(|d| d.scope.groups()))
     }
+}
+
+/// The `*.toml` files of a rule directory with their text, in file-name
+/// order; a file over the size limit is an error that names it.
+pub fn read_rule_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, RuleError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RuleError::Io { path, source }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            if std::fs::metadata(&path).map_err(io(&path))?.len() > MAX_RULE_FILE {
+                return Err(RuleError::Syntax {
+                    message: format!("file is larger than {MAX_RULE_FILE} bytes"),
+                    path,
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            Ok((path, text))
+        })
+        .collect()
 }
 
 fn compile_rule(r: &RawEntry, base: &Path) -> Result<Rule, String> {
@@ -501,7 +511,7 @@ fn compile_function(f: &RawEntry, base: &Path) -> Result<MaskFn, String> {
             mask: f.mask_char.unwrap_or('*'),
         },
         "hash" => MaskFn::Hash {
-            key: hash_key(f, base)?,
+            key: HashKey::new(&hash_key(f, base)?),
         },
         "fixed" => MaskFn::Fixed(f.value.clone().ok_or_else(|| missing("value"))?),
         "replace" => MaskFn::Replace {
@@ -527,7 +537,7 @@ fn compile_function(f: &RawEntry, base: &Path) -> Result<MaskFn, String> {
 
 /// The HMAC key of a `hash` rule: from the environment or a file, at least
 /// 16 bytes, never inline.
-fn hash_key(f: &RawEntry, base: &Path) -> Result<Arc<[u8]>, String> {
+fn hash_key(f: &RawEntry, base: &Path) -> Result<Vec<u8>, String> {
     let key = match (&f.key_env, &f.key_file) {
         (Some(var), None) => std::env::var(var)
             .map_err(|_| format!("environment variable {var} (key_env) is not set"))?
@@ -546,7 +556,7 @@ fn hash_key(f: &RawEntry, base: &Path) -> Result<Arc<[u8]>, String> {
     if key.len() < 16 {
         return Err("the hash key must be at least 16 bytes".into());
     }
-    Ok(key.into())
+    Ok(key)
 }
 
 fn compile_regex(pattern: &str) -> Result<Regex, String> {

@@ -78,7 +78,6 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use bytes::BytesMut;
 use postgres_protocol::types as pgt;
@@ -175,7 +174,7 @@ pub enum MaskFn {
     /// values still work. Outputs per type are in the module header.
     Hash {
         /// The HMAC key; never printed.
-        key: Arc<[u8]>,
+        key: HashKey,
     },
     /// A fixed value, given as text and parsed as the column's type; NULL if it
     /// does not parse.
@@ -535,25 +534,37 @@ fn hmac_digest(key: &hmac::Key, tag: &str, counter: u32, data: &[u8]) -> [u8; 32
     out
 }
 
-fn hash(kind: Kind, key: &[u8], v: Val) -> Option<Val> {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+/// An HMAC-SHA-256 key, prepared once when the rule loads (preparing it
+/// per value would cost more than the hash itself).
+#[derive(Clone)]
+pub struct HashKey(hmac::Key);
+
+impl HashKey {
+    /// Prepares `bytes` as a key.
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+}
+
+fn hash(kind: Kind, key: &HashKey, v: Val) -> Option<Val> {
+    let key = &key.0;
     match v {
         Val::Str(s) => {
-            if let Some(d) = hash_digits(&key, &s) {
+            if let Some(d) = hash_digits(key, &s) {
                 return Some(Val::Str(d));
             }
             let len = if kind == Kind::Name { 63 } else { 64 };
-            hash_hex(&key, "text", &s, len).map(Val::Str)
+            hash_hex(key, "text", &s, len).map(Val::Str)
         }
         Val::Json(s) => {
-            let hex = hash_hex(&key, "json", &s, 64)?;
+            let hex = hash_hex(key, "json", &s, 64)?;
             serde_json::to_string(&hex).ok().map(Val::Json)
         }
         Val::Int(i) => {
             let (_, max) = kind.int_range()?;
             // max + 1 is a power of two for every integer type.
             let modulus = (max as u64).wrapping_add(1);
-            let d = hmac_digest(&key, "int", 0, i.to_string().as_bytes());
+            let d = hmac_digest(key, "int", 0, i.to_string().as_bytes());
             let mut first = [0u8; 8];
             first.copy_from_slice(&d[..8]);
             let mut h = (u64::from_be_bytes(first) % modulus) as i64;
@@ -563,14 +574,14 @@ fn hash(kind: Kind, key: &[u8], v: Val) -> Option<Val> {
             Some(Val::Int(h))
         }
         Val::Uuid(u) => {
-            let d = hmac_digest(&key, "uuid", 0, &u);
+            let d = hmac_digest(key, "uuid", 0, &u);
             let mut out = [0u8; 16];
             out.copy_from_slice(&d[..16]);
             out[6] = (out[6] & 0x0f) | 0x80;
             out[8] = (out[8] & 0x3f) | 0x80;
             Some(Val::Uuid(out))
         }
-        Val::Bytes(b) => Some(Val::Bytes(hmac_digest(&key, "bytea", 0, &b).to_vec())),
+        Val::Bytes(b) => Some(Val::Bytes(hmac_digest(key, "bytea", 0, &b).to_vec())),
         _ => None,
     }
 }
@@ -1895,7 +1906,7 @@ mod tests {
 
     fn key(k: &str) -> MaskFn {
         MaskFn::Hash {
-            key: Arc::from(k.as_bytes()),
+            key: HashKey::new(k.as_bytes()),
         }
     }
 

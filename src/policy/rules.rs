@@ -7,15 +7,12 @@
 //! review. The first rule that applies and matches decides; a statement no
 //! rule matches is allowed, subject to the masking defaults.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::mask::rules::{RuleError, Scope};
 use crate::policy::analyze::{Class, RelName, StatementInfo};
-
-/// Largest policy file read.
-const MAX_POLICY_FILE: u64 = 4 << 20;
 
 /// What a rule does with a statement it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -93,26 +90,9 @@ pub struct Matched<'a> {
 impl PolicySet {
     /// Loads every `*.toml` file of `dir`.
     pub fn load_dir(dir: &Path) -> Result<Self, RuleError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| RuleError::Io { path, source }
-        };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-            .collect();
-        files.sort();
         let mut set = PolicySet::default();
-        for path in &files {
-            if std::fs::metadata(path).map_err(io(path))?.len() > MAX_POLICY_FILE {
-                return Err(RuleError::Syntax {
-                    path: path.clone(),
-                    message: format!("file is larger than {MAX_POLICY_FILE} bytes"),
-                });
-            }
-            let text = std::fs::read_to_string(path).map_err(io(path))?;
-            set.add_file(path, &text)?;
+        for (path, text) in crate::mask::rules::read_rule_files(dir)? {
+            set.add_file(&path, &text)?;
         }
         Ok(set)
     }
