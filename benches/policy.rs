@@ -118,12 +118,26 @@ fn main() {
     let mut group = c.benchmark_group("decide");
     for (name, sql) in statements {
         // The first decision fills the cache.
-        let _ = policy.decide(&analyst, sql.as_bytes(), Some(&mask));
+        let _ = policy.decide(&analyst, sql.as_bytes(), Some(&mask), false);
         group.bench_function(format!("cache hit, masked identity, {name}"), |b| {
-            b.iter(|| policy.decide(black_box(&analyst), black_box(sql.as_bytes()), Some(&mask)))
+            b.iter(|| {
+                policy.decide(
+                    black_box(&analyst),
+                    black_box(sql.as_bytes()),
+                    Some(&mask),
+                    false,
+                )
+            })
         });
         group.bench_function(format!("no rules apply, {name}"), |b| {
-            b.iter(|| policy.decide(black_box(&dba), black_box(sql.as_bytes()), Some(&mask)))
+            b.iter(|| {
+                policy.decide(
+                    black_box(&dba),
+                    black_box(sql.as_bytes()),
+                    Some(&mask),
+                    false,
+                )
+            })
         });
         group.bench_function(format!("parse and analyze, {name}"), |b| {
             b.iter(|| pgveil::policy::analyze::analyze(black_box(sql), &schema))

@@ -118,9 +118,12 @@ async fn bad_configuration_names_key_and_file(ctx: Arc<Ctx>) {
 
 async fn demo_serves_sample_data_and_cleans_up(_ctx: Arc<Ctx>) {
     let port = free_port();
+    let archive = crate::harness::proc::unique_temp_dir("pgveil-it-demo-archive");
+    let archive_arg = archive.clone();
     let result = blocking(move || {
         let mut child = Command::new(bin())
-            .args(["demo", "--port", &port.to_string()])
+            .args(["demo", "--port", &port.to_string(), "--archive"])
+            .arg(&archive_arg)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -172,6 +175,10 @@ async fn demo_serves_sample_data_and_cleans_up(_ctx: Arc<Ctx>) {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The closing lines, after Ctrl-C.
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            lines.push(line);
+        }
         (lines, query, status)
     })
     .await;
@@ -219,6 +226,13 @@ async fn demo_serves_sample_data_and_cleans_up(_ctx: Arc<Ctx>) {
         !std::path::Path::new(dir.trim()).exists(),
         "{dir} was removed"
     );
+    // The archive stays, with the demo's statements, and the closing
+    // message says how to open it.
+    assert!(text.contains("read_parquet("), "{text}");
+    let statements = archive.join("archive/statements");
+    let files = crate::audit::parquet_files(&statements);
+    assert!(!files.is_empty(), "the demo leaves its archive: {files:?}");
+    crate::harness::proc::remove_temp_dir(&archive);
 }
 
 async fn logs_hold_no_secrets_or_values(ctx: Arc<Ctx>) {

@@ -6,6 +6,7 @@
 //! cases that need another configuration start a gateway of their own. Every
 //! process is stopped by PID when its handle drops.
 
+mod audit;
 mod bad_input;
 mod cli;
 mod core;
@@ -144,6 +145,7 @@ fn main() -> ExitCode {
     cases.extend(oidc::cases());
     cases.extend(masking::cases());
     cases.extend(policy::cases());
+    cases.extend(audit::cases());
     cases.extend(bad_input::cases());
     cases.extend(cli::cases());
     run_cases(ctx, cases)

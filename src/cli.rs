@@ -40,6 +40,9 @@ enum Command {
         /// Port for pgveil to listen on (loopback only).
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// Folder for the demo's audit archive, which stays after the demo.
+        #[arg(long, default_value = "pgveil-demo-archive")]
+        archive: PathBuf,
     },
     /// Work with masking rules.
     Rules {
@@ -61,7 +64,7 @@ enum RulesCommand {
 enum Job {
     Serve(Box<Config>, PathBuf),
     Check(PathBuf),
-    Demo(u16),
+    Demo(u16, PathBuf),
 }
 
 /// Parses the command line and runs the command.
@@ -79,7 +82,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check { config } => Job::Check(config),
-        Command::Demo { port } => Job::Demo(port),
+        Command::Demo { port, archive } => Job::Demo(port, archive),
         Command::Rules {
             command: RulesCommand::Test { dir },
         } => return rules_test(&dir),
@@ -101,7 +104,7 @@ pub fn main() -> ExitCode {
         match job {
             Job::Serve(config, path) => serve(*config, path).await,
             Job::Check(path) => crate::check::run(&path).await,
-            Job::Demo(port) => crate::demo::run(port).await,
+            Job::Demo(port, archive) => crate::demo::run(port, &archive).await,
         }
     });
     match result {
@@ -144,7 +147,9 @@ fn init_logging() {
 }
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::new(config, &path)?);
+    let mut gateway = Gateway::new(config, &path)?;
+    gateway.start_archive()?;
+    let gateway = Arc::new(gateway);
     let listeners = gateway.bind().await?;
     gateway.serve(listeners, shutdown_signal()).await;
     Ok(())

@@ -86,6 +86,8 @@ pub struct Config {
     /// Statement policy rules; absent means no rules (the masking
     /// defaults still apply to identities that masking rules cover).
     pub policy: Option<PolicyConfig>,
+    /// The audit archive; absent means events go to the log only.
+    pub audit: Option<AuditConfig>,
 }
 
 /// `[policy]`: where the policy rule files are, and whether they are
@@ -102,6 +104,221 @@ pub struct PolicyConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// Default time between fdatasyncs with `fsync = "interval"`.
+pub const DEFAULT_AUDIT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Default rows per spool segment, and so at most per Parquet file.
+pub const DEFAULT_AUDIT_FILE_MAX_ROWS: u64 = 100_000;
+/// Default spool bytes per segment (Parquet files come out smaller).
+pub const DEFAULT_AUDIT_FILE_MAX_BYTES: u64 = 64 << 20;
+/// Default age at which a segment is closed and compacted.
+pub const DEFAULT_AUDIT_FILE_MAX_AGE: Duration = Duration::from_secs(60);
+/// Largest `file_max_age` that may be configured: rows must not wait
+/// longer than this to reach the archive.
+pub const MAX_AUDIT_FILE_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Default rows per Parquet row group.
+pub const DEFAULT_AUDIT_ROW_GROUP_ROWS: usize = 100_000;
+
+/// `[audit]`: the durable spool and the Parquet archive it is compacted
+/// into. Durations are human-readable ("100ms", "1m").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Local root: the spool in `<dir>/spool`, Parquet in `<dir>/archive`.
+    pub dir: PathBuf,
+    /// Name of this gateway instance in rows and file names (letters,
+    /// digits, `.`, `_`, `-`); default: the host name, else a random id.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// When spool writes are synced to disk; default `every_batch`.
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`: longest time between syncs; default 100ms.
+    #[serde(default = "default_fsync_interval", with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// Rows after which a spool segment is closed; default 100000.
+    #[serde(default = "default_file_max_rows")]
+    pub file_max_rows: u64,
+    /// Spool bytes after which a segment is closed; default 64 MiB.
+    #[serde(default = "default_file_max_bytes")]
+    pub file_max_bytes: u64,
+    /// Age after which a segment holding rows is closed; default 60s,
+    /// at most 1h.
+    #[serde(default = "default_file_max_age", with = "humantime_serde")]
+    pub file_max_age: Duration,
+    /// Rows per Parquet row group; default 100000.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// What the relay does when the spool cannot be written; default
+    /// `refuse`.
+    #[serde(default)]
+    pub on_failure: AuditFailure,
+    /// Statement text kept: `redacted` (default), `full` or `none`.
+    #[serde(default)]
+    pub statement_text: crate::audit::record::StatementText,
+    /// Bind parameters kept: `none` (default) or `redacted` (sizes only).
+    #[serde(default)]
+    pub parameters: crate::audit::record::ParameterPolicy,
+    /// Upload to an S3-compatible object store; absent: files stay local.
+    pub s3: Option<S3Config>,
+}
+
+/// `[audit.s3]`: where published Parquet files are uploaded. Credentials
+/// come from the environment only (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix (no leading or trailing `/` needed); default: none.
+    #[serde(default)]
+    pub prefix: String,
+    /// Endpoint URL of an S3-compatible server; default: AWS.
+    pub endpoint: Option<String>,
+    /// Region; default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Allow a plain `http://` endpoint (a loopback test server); default
+    /// false.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// CA bundle for the endpoint's certificate; the system roots when
+    /// absent.
+    pub ca_file: Option<PathBuf>,
+    /// Keep the local copy after a successful upload; default false.
+    #[serde(default)]
+    pub keep_local: bool,
+}
+
+/// `[audit] fsync`: when spool writes reach the disk.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fdatasync after each batch, before its entries are acknowledged.
+    #[default]
+    EveryBatch,
+    /// Acknowledge after the write; fdatasync at most every
+    /// `fsync_interval` (an OS crash may lose that much).
+    Interval,
+}
+
+/// `[audit] on_failure`: what the relay does when the spool fails.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFailure {
+    /// Refuse statements that cannot be recorded.
+    #[default]
+    Refuse,
+    /// Let statements run unrecorded (logged as an error).
+    Continue,
+}
+
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    if host.is_empty() {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        format!("gw-{}", &id[id.len() - 8..])
+    } else {
+        host
+    }
+}
+
+fn default_fsync_interval() -> Duration {
+    DEFAULT_AUDIT_FSYNC_INTERVAL
+}
+
+fn default_file_max_rows() -> u64 {
+    DEFAULT_AUDIT_FILE_MAX_ROWS
+}
+
+fn default_file_max_bytes() -> u64 {
+    DEFAULT_AUDIT_FILE_MAX_BYTES
+}
+
+fn default_file_max_age() -> Duration {
+    DEFAULT_AUDIT_FILE_MAX_AGE
+}
+
+fn default_row_group_rows() -> usize {
+    DEFAULT_AUDIT_ROW_GROUP_ROWS
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+impl AuditConfig {
+    /// A configuration with every default, rooted at `dir`.
+    pub fn with_dir(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            instance: default_instance(),
+            fsync: FsyncPolicy::default(),
+            fsync_interval: DEFAULT_AUDIT_FSYNC_INTERVAL,
+            file_max_rows: DEFAULT_AUDIT_FILE_MAX_ROWS,
+            file_max_bytes: DEFAULT_AUDIT_FILE_MAX_BYTES,
+            file_max_age: DEFAULT_AUDIT_FILE_MAX_AGE,
+            row_group_rows: DEFAULT_AUDIT_ROW_GROUP_ROWS,
+            on_failure: AuditFailure::default(),
+            statement_text: Default::default(),
+            parameters: Default::default(),
+            s3: None,
+        }
+    }
+
+    /// Checks the values; `Err` holds the dotted key and what is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        let instance_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if self.instance.is_empty()
+            || self.instance.len() > 64
+            || !self.instance.chars().all(instance_ok)
+        {
+            return Err(("audit.instance", "1 to 64 letters, digits, '.', '_' or '-'"));
+        }
+        if self.dir.as_os_str().is_empty() {
+            return Err(("audit.dir", "must not be empty"));
+        }
+        if self.fsync_interval < Duration::from_millis(1)
+            || self.fsync_interval > Duration::from_secs(10)
+        {
+            return Err(("audit.fsync_interval", "must be between 1ms and 10s"));
+        }
+        if self.file_max_rows == 0 {
+            return Err(("audit.file_max_rows", "must be at least 1"));
+        }
+        if self.file_max_bytes < 4096 {
+            return Err(("audit.file_max_bytes", "must be at least 4096"));
+        }
+        if self.file_max_age < Duration::from_millis(100)
+            || self.file_max_age > MAX_AUDIT_FILE_MAX_AGE
+        {
+            return Err(("audit.file_max_age", "must be between 100ms and 1h"));
+        }
+        if self.row_group_rows == 0 {
+            return Err(("audit.row_group_rows", "must be at least 1"));
+        }
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.is_empty() {
+                return Err(("audit.s3.bucket", "must not be empty"));
+            }
+            let http = s3
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
+            if http && !s3.allow_http {
+                return Err(("audit.s3.endpoint", "an http:// endpoint needs allow_http"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[masking]`: where the rule files are and how often the catalog is read.
@@ -419,6 +636,11 @@ impl Config {
         if self.server.address.rsplit_once(':').is_none() {
             return Err(invalid("server.address", "expected host:port"));
         }
+        if let Some(audit) = &self.audit {
+            audit
+                .check()
+                .map_err(|(key, message)| invalid(key, message))?;
+        }
         Ok(())
     }
 
@@ -541,6 +763,36 @@ method = "trust"
         assert_eq!(parse(&with("2")).unwrap().worker_threads, Some(2));
         let err = parse(&with("0")).unwrap_err().to_string();
         assert!(err.contains("worker_threads"), "{err}");
+    }
+
+    #[test]
+    fn audit_table_gets_defaults_and_checks_keys() {
+        let text = format!("{MINIMAL}\n[audit]\ndir = \"/var/lib/pgveil\"\n");
+        let audit = parse(&text).unwrap().audit.unwrap();
+        assert_eq!(audit.fsync, FsyncPolicy::EveryBatch);
+        assert_eq!(audit.file_max_age, DEFAULT_AUDIT_FILE_MAX_AGE);
+        assert_eq!(audit.on_failure, AuditFailure::Refuse);
+        assert!(
+            audit.check().is_ok(),
+            "default instance {:?}",
+            audit.instance
+        );
+
+        let err = parse(&format!("{text}file_max_age = \"2h\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit.file_max_age") && err.contains("pgveil.toml"),
+            "{err}"
+        );
+        let err = parse(&format!("{text}fsync = \"sometimes\"\n")).unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
+        let s3 = "[audit.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n";
+        let err = parse(&format!("{text}{s3}")).unwrap_err().to_string();
+        assert!(err.contains("audit.s3.endpoint"), "{err}");
+        let config = parse(&format!("{text}{s3}allow_http = true\n")).unwrap();
+        let s3 = config.audit.unwrap().s3.unwrap();
+        assert_eq!((s3.region.as_str(), s3.keep_local), ("us-east-1", false));
     }
 
     #[test]

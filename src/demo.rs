@@ -67,8 +67,13 @@ const PERSONAS: [Persona; 2] = [
     },
 ];
 
-/// Runs the demo until Ctrl-C, then stops everything and removes its files.
-pub async fn run(port: u16) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C, then stops everything and removes its files
+/// (all but the audit archive in `archive`, which the closing message
+/// tells how to open).
+pub async fn run(port: u16, archive: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(archive)
+        .with_context(|| format!("cannot create the archive folder {}", archive.display()))?;
+    let archive = std::fs::canonicalize(archive)?;
     println!("Starting a throwaway PostgreSQL ...");
     let cluster = tokio::task::spawn_blocking(prepare_cluster).await??;
     let (jwks, key) = demo_issuer_key()?;
@@ -80,10 +85,16 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         "\n[masking]\nrules_dir = \"{}\"\n",
         rules_dir.display()
     ));
+    config_text.push_str(&format!(
+        "\n[audit]\ndir = \"{}\"\ninstance = \"demo\"\nfile_max_age = \"5s\"\n",
+        archive.display()
+    ));
     let config_path = cluster.dir().join("pgveil-demo.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = Config::parse(&config_text, &config_path)?;
-    let gateway = Arc::new(Gateway::new(config, &config_path)?);
+    let mut gateway = Gateway::new(config, &config_path)?;
+    gateway.start_archive()?;
+    let gateway = Arc::new(gateway);
     for issuer in gateway.auth().verifier().issuers() {
         issuer.refresh().await?;
     }
@@ -109,7 +120,22 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         cluster.dir().display()
     );
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    print_archive(&archive);
     Ok(())
+}
+
+/// Tells where the demo's audit archive is and how to open it.
+fn print_archive(dir: &std::path::Path) {
+    let statements = dir.join("archive/statements/*/*.parquet");
+    println!(
+        "\nThe audit archive of this demo stays in {}.\n\
+         Every session and statement is there; open it with DuckDB, e.g.:\n\
+         \n  duckdb -c \"SELECT started_at, user_name, decision, masked_columns, text \
+         FROM read_parquet('{}') ORDER BY started_at\"\n\
+         \n(or pandas.read_parquet, or Spark; see the README's audit section)",
+        dir.join("archive").display(),
+        statements.display()
+    );
 }
 
 fn demo_config(

@@ -21,7 +21,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::audit::Audit;
+use crate::audit::trail::Attempt;
+use crate::audit::{Archive, Audit};
 use crate::auth::{self, Auth, Login, MAX_TOKEN_BYTES};
 use crate::backend::{BackendError, ServerTarget};
 use crate::cancel::{CancelRegistry, Key};
@@ -55,6 +56,9 @@ pub enum StartError {
     /// Client TLS set-up problem.
     #[error("client TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The audit archive cannot start.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// A masking rule file is bad.
     #[error(transparent)]
     Rules(#[from] crate::mask::rules::RuleError),
@@ -113,6 +117,16 @@ pub struct Gateway {
     audit: Audit,
     slots: Arc<Semaphore>,
     masking: Option<Masking>,
+    /// The running archive, stopped when serving stops.
+    archive: std::sync::Mutex<Option<Archive>>,
+}
+
+/// Where and when a connection started, and the protocol it asked for.
+struct Start {
+    peer: SocketAddr,
+    id: Uuid,
+    deadline: tokio::time::Instant,
+    minor: u16,
 }
 
 /// What the client asked for in its first packets.
@@ -148,10 +162,23 @@ impl Gateway {
             auth,
             cancels: CancelRegistry::default(),
             policy,
-            audit: Audit,
+            audit: Audit::log_only(),
             slots,
             masking,
+            archive: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Starts the audit archive of `[audit]`, recovering what an earlier
+    /// run left in its spool (blocking file IO: call it at start-up).
+    pub fn start_archive(&mut self) -> Result<(), StartError> {
+        let Some(config) = &self.config.audit else {
+            return Ok(());
+        };
+        let (archive, handle) = Archive::start(config, tokio::runtime::Handle::current())?;
+        self.audit = Audit::archive(config, handle);
+        *self.archive.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(archive);
+        Ok(())
     }
 
     /// The masking state, when `[masking]` is configured.
@@ -202,6 +229,14 @@ impl Gateway {
         shutdown.await;
         tracing::info!("shutting down");
         tasks.abort_all();
+        let archive = self
+            .archive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(archive) = archive {
+            archive.shutdown().await;
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
@@ -231,13 +266,14 @@ impl Gateway {
     /// Runs one client connection from accept to close.
     async fn handle(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, id: Uuid) {
         let _ = tcp.set_nodelay(true);
+        let mut attempt = self.audit.attempt(id, peer);
         let mut slot = Some(Stream::Plain(tcp));
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
             let refusal = Refusal::new(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 "sorry, too many clients already",
             );
-            refuse(&mut slot, &refusal).await;
+            refuse(&mut slot, &refusal, &mut attempt).await;
             return;
         };
         let mut buf = BytesMut::with_capacity(1024);
@@ -245,14 +281,23 @@ impl Gateway {
         let deadline = tokio::time::Instant::now() + self.config.timeouts.startup;
         let hello = match tokio::time::timeout_at(deadline, self.hello(&mut slot, &mut buf)).await {
             Ok(Ok(hello)) => hello,
-            Ok(Err(refusal)) => return refuse(&mut slot, &refusal).await,
-            Err(_) => return refuse(&mut slot, &startup_timeout()).await,
+            Ok(Err(refusal)) => return refuse(&mut slot, &refusal, &mut attempt).await,
+            Err(_) => return refuse(&mut slot, &startup_timeout(), &mut attempt).await,
         };
         let Some(stream) = slot.take() else { return };
         match hello {
-            Hello::Cancel(key) => self.cancel(key).await,
+            Hello::Cancel(key) => {
+                attempt.cancel();
+                self.cancel(key).await;
+            }
             Hello::Startup { minor, params } => {
-                self.start_session(stream, buf, peer, id, deadline, minor, params)
+                let start = Start {
+                    peer,
+                    id,
+                    deadline,
+                    minor,
+                };
+                self.start_session(stream, buf, start, params, &mut attempt)
                     .await;
             }
         }
@@ -358,17 +403,20 @@ impl Gateway {
     }
 
     /// Authenticates the client, logs in to the server and runs the relay.
-    #[allow(clippy::too_many_arguments)]
     async fn start_session(
         &self,
         mut client: Stream,
         mut leftover: BytesMut,
-        peer: SocketAddr,
-        id: Uuid,
-        deadline: tokio::time::Instant,
-        minor: u16,
+        start: Start,
         params: Vec<(String, String)>,
+        attempt: &mut Attempt<'_>,
     ) {
+        let Start {
+            peer,
+            id,
+            deadline,
+            minor,
+        } = start;
         let unrecognised: Vec<&str> = params
             .iter()
             .map(|(k, _)| k.as_str())
@@ -381,9 +429,20 @@ impl Gateway {
                 return;
             }
         }
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        attempt.startup(
+            param("user").unwrap_or_default(),
+            param("application_name"),
+            client.tls_version(),
+        );
         let request = match self.requested(&params) {
             Ok(request) => request,
-            Err(refusal) => return refuse(&mut Some(client), &refusal).await,
+            Err(refusal) => return refuse(&mut Some(client), &refusal, attempt).await,
         };
         let authenticated = tokio::time::timeout_at(
             deadline,
@@ -393,7 +452,7 @@ impl Gateway {
         .unwrap_or_else(|_| Err(startup_timeout()));
         let (identity, login) = match authenticated {
             Ok(found) => found,
-            Err(refusal) => return refuse(&mut Some(client), &refusal).await,
+            Err(refusal) => return refuse(&mut Some(client), &refusal, attempt).await,
         };
         let info = SessionInfo {
             id,
@@ -421,14 +480,18 @@ impl Gateway {
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 "standard_conforming_strings may not be set by identities that masking rules cover",
             );
-            return refuse(&mut Some(client), &refusal).await;
+            return refuse(&mut Some(client), &refusal, attempt).await;
         }
         let server = match self.target.connect(login, &info.database, &passed).await {
             Ok(server) => server,
-            Err(e) => return self.server_refused(client, e).await,
+            Err(e) => {
+                attempt.refused("the server connection failed");
+                return self.server_refused(client, e).await;
+            }
         };
         let Some((process_id, secret_key)) = server.key else {
             tracing::warn!("the server sent no cancel key");
+            attempt.refused("the server sent no cancel key");
             return;
         };
         let cancel = self.cancels.register(Key {
@@ -445,17 +508,19 @@ impl Gateway {
         );
         wire::put_ready(&mut greeting, server.status);
         if client.write_all(&greeting).await.is_err() {
+            attempt.refused("the client left during startup");
             return;
         }
-        self.audit.session_started(&info);
+        attempt.established(&info);
         let mask = match self.session_mask(&info).await {
             Ok(mask) => mask,
-            Err(refusal) => return refuse(&mut Some(client), &refusal).await,
+            Err(refusal) => return refuse(&mut Some(client), &refusal, attempt).await,
         };
         let ctx = RelayContext {
             identity: &info.identity,
             policy: &self.policy,
             audit: &self.audit,
+            session_id: info.id,
             max_message: self.config.limits.max_message_bytes,
             initial_status: server.status,
             expires_at: info.identity.expires_at,
@@ -474,7 +539,7 @@ impl Gateway {
         {
             tracing::warn!(reason = %reason, "protocol violation");
         }
-        self.audit.session_ended(&totals, ended.as_str());
+        attempt.ended(&totals, ended.as_str());
     }
 
     /// The session's view of masking. A covered identity needs the catalog
@@ -777,9 +842,11 @@ async fn write_raw(slot: &mut Option<Stream>, bytes: &[u8]) -> Result<(), Refusa
     Ok(())
 }
 
-/// Sends a FATAL ErrorResponse, if the connection is still there, and closes.
-async fn refuse(slot: &mut Option<Stream>, refusal: &Refusal) {
+/// Sends a FATAL ErrorResponse, if the connection is still there, and
+/// closes; the attempt's record keeps the reason.
+async fn refuse(slot: &mut Option<Stream>, refusal: &Refusal, attempt: &mut Attempt<'_>) {
     tracing::info!(code = %refusal.code, reason = %refusal.message, "connection refused");
+    attempt.refused(&refusal.message);
     let Some(stream) = slot.as_mut() else { return };
     let mut out = BytesMut::new();
     wire::put_error(

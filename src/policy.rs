@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::mask::lineage::source_cover;
 use crate::mask::SessionMask;
 use crate::session::Identity;
+use crate::wire::sqlstate::{self, SqlState};
 use analyze::{AnalyzeError, StatementInfo};
 use rules::{Action, PolicySet};
 
@@ -72,6 +73,9 @@ const LEAKY_FUNCTIONS: [&str; 21] = [
 /// Why a statement is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// The SQLSTATE the client gets: 42501 for every rule; pgveil's own
+    /// conditions (an audit spool that cannot be written) have their own.
+    pub code: SqlState,
     /// Name of the rule that refused it.
     pub rule: String,
     /// Message for the client: what was refused and what to do.
@@ -170,11 +174,20 @@ impl Policy {
     }
 
     /// Decides one statement text (a whole Query string or a Parse).
-    pub fn decide(&self, identity: &Identity, sql: &[u8], mask: Option<&SessionMask>) -> Decision {
+    /// `want_analysis` asks for the analysis even where no rule needs it
+    /// (the audit archive records classes and relations).
+    pub fn decide(
+        &self,
+        identity: &Identity,
+        sql: &[u8],
+        mask: Option<&SessionMask>,
+        want_analysis: bool,
+    ) -> Decision {
         #[cfg(test)]
         if let Some(needle) = &self.refuse_containing {
             if sql.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                 return Decision::Refuse(Refusal {
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
                     rule: "test".into(),
                     message: format!("statements containing {needle:?} are refused"),
                 });
@@ -185,7 +198,7 @@ impl Policy {
         let masked = mask
             .map(|m| m.snapshot())
             .filter(|(r, _)| r.covers_any(groups));
-        if !set.applies_to(groups) && masked.is_none() {
+        if !set.applies_to(groups) && masked.is_none() && !want_analysis {
             return Decision::allow(None);
         }
         let catalog = masked.as_ref().map(|(_, c)| c.clone()).unwrap_or_default();
@@ -199,6 +212,7 @@ impl Policy {
                 Action::Allow if parsed.is_none() => return Decision::allow(None),
                 Action::Allow => None,
                 Action::Refuse => Some(Refusal {
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
                     rule: m.rule.name.clone(),
                     message: with_extra(
                         format!("{} are not allowed for you", m.reason),
@@ -206,6 +220,7 @@ impl Policy {
                     ),
                 }),
                 Action::Review => Some(Refusal {
+                    code: sqlstate::INSUFFICIENT_PRIVILEGE,
                     rule: m.rule.name.clone(),
                     message: with_extra(
                         format!(
@@ -226,6 +241,7 @@ impl Policy {
         };
         let refusal = match &analyzed {
             Err(e) => Some(Refusal {
+                code: sqlstate::INSUFFICIENT_PRIVILEGE,
                 rule: "masking-default:unparsed".into(),
                 message: format!(
                     "pgveil could not analyze this statement ({e}), and identities that \
@@ -233,6 +249,7 @@ impl Policy {
                 ),
             }),
             Ok(_) if changes_string_syntax(sql) => Some(Refusal {
+                code: sqlstate::INSUFFICIENT_PRIVILEGE,
                 rule: "masking-default:string-syntax".into(),
                 message: "standard_conforming_strings may not be changed by identities that \
                           masking rules cover: pgveil reads statements with it on"
@@ -318,6 +335,7 @@ fn masking_defaults(
 ) -> Option<Refusal> {
     let refuse = |rule: &str, message: String| {
         Some(Refusal {
+            code: sqlstate::INSUFFICIENT_PRIVILEGE,
             rule: format!("masking-default:{rule}"),
             message,
         })

@@ -39,12 +39,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::audit::{Audit, Outcome, SessionTotals, StatementEvent};
+use crate::audit::note::Note;
+use crate::audit::{Audit, Outcome, SessionTotals, StatementEvent, Ticket};
 use crate::mask::copy::{self, CopyFormat};
 use crate::mask::plan::{self, Field, Plan};
 use crate::mask::SessionMask;
@@ -70,6 +71,8 @@ pub struct RelayContext<'a> {
     pub policy: &'a Policy,
     /// Where events go.
     pub audit: &'a Audit,
+    /// The session's id in the audit trail.
+    pub session_id: uuid::Uuid,
     /// Largest message accepted from the client.
     pub max_message: usize,
     /// Transaction status of the server when the relay starts.
@@ -181,17 +184,40 @@ enum Op {
     },
 }
 
-/// Timing of the statement an Op stands for.
+/// The statement an Op stands for: when it started, and what the audit
+/// trail records of it.
 #[derive(Debug)]
 struct Tracker {
     started: Instant,
+    wall: SystemTime,
+    /// Its text as the archive may keep it (with the archive on).
+    note: Option<Arc<Note>>,
+    /// In dry-run mode, the rule that would have refused it.
+    would_refuse: Option<String>,
+    /// Its Bind parameters as the archive may keep them.
+    parameters: Option<Arc<[String]>>,
 }
 
 impl Tracker {
     fn now() -> Self {
+        Self::noted(None, None)
+    }
+
+    fn noted(note: Option<Arc<Note>>, would_refuse: Option<String>) -> Self {
         Self {
             started: Instant::now(),
+            wall: SystemTime::now(),
+            note,
+            would_refuse,
+            parameters: None,
         }
+    }
+
+    /// Starts the clock again for the next statement of a Query.
+    fn restart(&mut self) -> (Instant, SystemTime) {
+        let started = std::mem::replace(&mut self.started, Instant::now());
+        let wall = std::mem::replace(&mut self.wall, SystemTime::now());
+        (started, wall)
     }
 }
 
@@ -307,6 +333,10 @@ where
     }
 }
 
+/// What the archive records of an Execute of a portal: its statement's
+/// note and its Bind parameters.
+type PortalNote = (Option<Arc<Note>>, Option<Arc<[String]>>);
+
 /// Client to server: frame, decide, forward.
 struct ClientPump<'a> {
     ctx: &'a RelayContext<'a>,
@@ -316,6 +346,10 @@ struct ClientPump<'a> {
     /// Prepared statements whose description the server pump will know
     /// (the client described them since their Parse); with masking only.
     described: HashSet<Vec<u8>>,
+    /// With the archive on: the note of each prepared statement and of each
+    /// portal, so that an Execute is recorded with its statement's text.
+    notes: HashMap<Vec<u8>, Arc<Note>>,
+    portal_notes: HashMap<Vec<u8>, PortalNote>,
 }
 
 impl<'a> ClientPump<'a> {
@@ -326,6 +360,8 @@ impl<'a> ClientPump<'a> {
             ops: Vec::new(),
             inbuf: leftover,
             described: HashSet::new(),
+            notes: HashMap::new(),
+            portal_notes: HashMap::new(),
         }
     }
 
@@ -444,7 +480,7 @@ impl<'a> ClientPump<'a> {
         let op = match tag {
             tag::QUERY => {
                 let sql = cstr_field(body, "Query")?;
-                let route = self.decide(sql, true, |a| Op::Query(Tracker::now(), a, 0));
+                let route = self.decide(sql, true, |t, a| Op::Query(t, a, 0));
                 return Ok(match route {
                     Route::Forward => self.probe_copy(sql).unwrap_or(Route::Forward),
                     other => other,
@@ -454,15 +490,24 @@ impl<'a> ClientPump<'a> {
                 let (name, rest) = wire::take_cstr(body).ok_or("malformed Parse message")?;
                 let sql = cstr_field(rest, "Parse")?;
                 let keep_analysis = self.ctx.mask.is_some();
-                let name = if keep_analysis {
+                let archiving = self.ctx.audit.archiving();
+                let name = if keep_analysis || archiving {
                     self.described.remove(name);
                     name.to_vec()
                 } else {
                     Vec::new()
                 };
-                return Ok(
-                    self.decide(sql, false, |a| Op::Parse(name, a.filter(|_| keep_analysis)))
-                );
+                let mut note = None;
+                let key = name.clone();
+                let route = self.decide(sql, false, |t, a| {
+                    note = t.note;
+                    Op::Parse(name, a.filter(|_| keep_analysis))
+                });
+                match note {
+                    Some(note) => self.notes.insert(key, note),
+                    None => self.notes.remove(&key),
+                };
+                return Ok(route);
             }
             tag::SYNC => Op::Sync,
             tag::BIND => return self.bind(body),
@@ -484,11 +529,23 @@ impl<'a> ClientPump<'a> {
                 }
             }
             tag::EXECUTE => {
-                let portal = match self.ctx.mask {
-                    Some(_) => cstr_field(body, "Execute")?.to_vec(),
-                    None => Vec::new(),
+                let archiving = self.ctx.audit.archiving();
+                let portal = match self.ctx.mask.is_some() || archiving {
+                    true => cstr_field(body, "Execute")?,
+                    false => &[],
                 };
-                Op::Execute(Tracker::now(), portal)
+                let (note, parameters) = match self.portal_notes.get(portal) {
+                    Some(noted) if archiving => noted.clone(),
+                    _ => (None, None),
+                };
+                let portal = if self.ctx.mask.is_some() {
+                    portal.to_vec()
+                } else {
+                    Vec::new()
+                };
+                let mut tracker = Tracker::noted(note, None);
+                tracker.parameters = parameters;
+                Op::Execute(tracker, portal)
             }
             tag::CLOSE => Op::Close,
             tag::FUNCTION_CALL => Op::FunctionCall(Tracker::now()),
@@ -513,7 +570,21 @@ impl<'a> ClientPump<'a> {
     /// whose answer the server pump swallows: the rows of an Execute must
     /// always have a known shape.
     fn bind(&mut self, body: &[u8]) -> Result<Route, String> {
-        let Some(mask) = self.ctx.mask else {
+        let archiving = self.ctx.audit.archiving();
+        let (mask, parsed) = match self.ctx.mask {
+            None if !archiving => (None, None),
+            mask => (
+                mask,
+                Some(parse_bind(body).ok_or("malformed Bind message")?),
+            ),
+        };
+        if let Some(bind) = parsed.as_ref().filter(|_| archiving) {
+            let portal = bind.portal.to_vec();
+            let note = self.notes.get(bind.statement).cloned();
+            let parameters = self.ctx.audit.parameters(&bind.values);
+            self.portal_notes.insert(portal, (note, parameters));
+        }
+        let (Some(mask), Some(bind)) = (mask, parsed) else {
             self.ops.push(Op::Bind {
                 portal: Vec::new(),
                 statement: Vec::new(),
@@ -521,14 +592,12 @@ impl<'a> ClientPump<'a> {
             });
             return Ok(Route::Forward);
         };
-        let (portal, statement, formats) =
-            parse_bind(body).ok_or_else(|| "malformed Bind message".to_owned())?;
-        let blind = !self.described.contains(statement) && mask.covered();
-        let portal = portal.to_vec();
+        let blind = !self.described.contains(bind.statement) && mask.covered();
+        let portal = bind.portal.to_vec();
         self.ops.push(Op::Bind {
             portal: portal.clone(),
-            statement: statement.to_vec(),
-            formats,
+            statement: bind.statement.to_vec(),
+            formats: bind.formats,
         });
         if !blind {
             return Ok(Route::Forward);
@@ -585,15 +654,25 @@ impl<'a> ClientPump<'a> {
         &mut self,
         sql: &[u8],
         simple: bool,
-        op: impl FnOnce(Option<Arc<[StatementInfo]>>) -> Op,
+        op: impl FnOnce(Tracker, Option<Arc<[StatementInfo]>>) -> Op,
     ) -> Route {
-        match self
-            .ctx
-            .policy
-            .decide(self.ctx.identity, sql, self.ctx.mask)
-        {
-            Decision::Allow { analysis, .. } => {
-                self.ops.push(op(analysis));
+        let audit = self.ctx.audit;
+        let archiving = audit.archiving();
+        let decision = match audit.refusal() {
+            Some(refusal) => Decision::Refuse(refusal),
+            None => self
+                .ctx
+                .policy
+                .decide(self.ctx.identity, sql, self.ctx.mask, archiving),
+        };
+        match decision {
+            Decision::Allow {
+                analysis,
+                would_refuse,
+            } => {
+                let note = archiving.then(|| audit.note(sql, analysis.clone()));
+                let tracker = Tracker::noted(note, would_refuse.map(|r| r.rule));
+                self.ops.push(op(tracker, analysis));
                 Route::Forward
             }
             Decision::Refuse(refusal) => {
@@ -621,8 +700,9 @@ impl<'a> ClientPump<'a> {
                         b.extend_from_slice(&0i32.to_be_bytes());
                     });
                 }
+                let note = archiving.then(|| audit.note(sql, None));
                 self.ops.push(Op::Refused {
-                    tracker: Tracker::now(),
+                    tracker: Tracker::noted(note, None),
                     rule: refusal.rule,
                     simple,
                 });
@@ -640,8 +720,9 @@ fn raise_statement(refusal: &Refusal) -> String {
     let clean = |s: &str| s.replace('$', "");
     let message = format!("pgveil policy \"{}\": {}", refusal.rule, refusal.message);
     format!(
-        "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m${}$m$, \
+        "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = $m${}$m$, \
          HINT = $h${}$h$; END $pgveil$",
+        refusal.code,
         clean(&message),
         REFUSAL_HINT
     )
@@ -672,20 +753,36 @@ fn cstr_field<'b>(body: &'b [u8], what: &str) -> Result<&'b [u8], String> {
         .ok_or_else(|| format!("malformed {what} message"))
 }
 
-/// The portal, statement and result format codes of a Bind body.
-fn parse_bind(body: &[u8]) -> Option<(&[u8], &[u8], Vec<i16>)> {
+/// What a Bind body says.
+struct BindBody<'b> {
+    portal: &'b [u8],
+    statement: &'b [u8],
+    /// Parameter values (`None`: NULL).
+    values: Vec<Option<&'b [u8]>>,
+    /// Result format codes.
+    formats: Vec<i16>,
+}
+
+fn parse_bind(body: &[u8]) -> Option<BindBody<'_>> {
     let (portal, rest) = wire::take_cstr(body)?;
     let (statement, rest) = wire::take_cstr(rest)?;
     let (n, mut rest) = take_count(rest)?;
     rest = rest.get(n * 2..)?;
     let (n, after) = take_count(rest)?;
     rest = after;
+    let mut values = Vec::with_capacity(n);
     for _ in 0..n {
         let (len, after) = rest.split_first_chunk::<4>()?;
         let len = i32::from_be_bytes(*len);
         rest = match usize::try_from(len) {
-            Ok(len) => after.get(len..)?,
-            Err(_) => after,
+            Ok(len) => {
+                values.push(Some(after.get(..len)?));
+                after.get(len..)?
+            }
+            Err(_) => {
+                values.push(None);
+                after
+            }
         };
     }
     let (n, rest) = take_count(rest)?;
@@ -694,7 +791,12 @@ fn parse_bind(body: &[u8]) -> Option<(&[u8], &[u8], Vec<i16>)> {
         .chunks_exact(2)
         .map(|c| i16::from_be_bytes([c[0], c[1]]))
         .collect();
-    Some((portal, statement, formats))
+    Some(BindBody {
+        portal,
+        statement,
+        values,
+        formats,
+    })
 }
 
 /// A non-negative Int16 count at the front of `b`.
@@ -740,6 +842,11 @@ struct ServerPump<'a> {
     copy_rewrite: Option<(CopyFormat, Arc<Plan>, bool)>,
     /// What pgveil writes instead of the message just handled.
     scratch: BytesMut,
+    /// Bytes of the server's answer to the statement now running.
+    statement_bytes: u64,
+    /// The audit record of the last statement ended in this batch: the
+    /// batch is written to the client once it is durable.
+    ticket: Option<Ticket>,
 }
 
 /// What the server pump knows of a prepared statement.
@@ -808,6 +915,8 @@ impl<'a> ServerPump<'a> {
             pending_copy: None,
             copy_rewrite: None,
             scratch: BytesMut::new(),
+            statement_bytes: 0,
+            ticket: None,
         }
     }
 
@@ -836,6 +945,7 @@ impl<'a> ServerPump<'a> {
                     break;
                 }
                 let start = pos;
+                self.statement_bytes += total as u64;
                 let pass = self.on_message(inbuf[pos], &inbuf[pos + wire::HEADER_LEN..pos + total]);
                 pos += total;
                 if let Pass::Replace = pass {
@@ -872,11 +982,16 @@ impl<'a> ServerPump<'a> {
     }
 
     async fn write<W: AsyncWrite + Unpin>(
-        &self,
+        &mut self,
         client: &mut W,
         out: &mut BytesMut,
         tail: &[u8],
     ) -> std::io::Result<()> {
+        if let Some(ticket) = self.ticket.take() {
+            // The client learns that a statement ended only once its record
+            // is in the spool (records are durable in order).
+            self.ctx.audit.settle(ticket).await;
+        }
         let sent = send(client, out, tail).await?;
         self.shared
             .bytes_to_client
@@ -1040,13 +1155,21 @@ impl<'a> ServerPump<'a> {
                         Some(REFUSAL_HINT),
                     );
                 }
-                self.record(
-                    0,
-                    tracker.started,
-                    "query",
-                    Outcome::Refused(rule),
-                    Vec::new(),
-                );
+                let bytes = std::mem::take(&mut self.statement_bytes);
+                self.record(StatementEvent {
+                    seq: 0,
+                    protocol: if simple { "query" } else { "execute" },
+                    started_at: tracker.wall,
+                    duration: tracker.started.elapsed(),
+                    rows: 0,
+                    bytes,
+                    outcome: Outcome::Refused(rule),
+                    masked: Vec::new(),
+                    note: tracker.note,
+                    index: 0,
+                    would_refuse: None,
+                    parameters: None,
+                });
                 Some(Pass::Replace)
             }
             // ParseComplete and BindComplete of pgveil's own statement.
@@ -1311,28 +1434,42 @@ impl<'a> ServerPump<'a> {
     /// a Query goes on to its next statement or ReadyForQuery.
     fn end_statement(&mut self, outcome: Outcome, rows: u64) {
         let mut ops = self.shared.ops();
-        let (protocol, started) = match ops.front_mut() {
+        let (protocol, (started, wall), t, index) = match ops.front_mut() {
             Some(Op::Query(t, _, i)) => {
                 *i += 1;
-                ("query", std::mem::replace(&mut t.started, Instant::now()))
+                ("query", t.restart(), &*t, *i - 1)
             }
-            Some(Op::Execute(t, _)) => ("execute", t.started),
-            Some(Op::FunctionCall(t)) => ("function_call", t.started),
+            Some(Op::Execute(t, _)) => ("execute", (t.started, t.wall), &*t, 0),
+            Some(Op::FunctionCall(t)) => ("function_call", (t.started, t.wall), &*t, 0),
             _ => {
                 drop(ops);
                 self.note_out_of_step();
                 return;
             }
         };
-        if protocol == "execute" {
-            ops.pop_front();
-        }
-        drop(ops);
         let masked = match self.row_plan.take() {
             Some(Some(plan)) => plan.masked.clone(),
             _ => Vec::new(),
         };
-        self.record(rows, started, protocol, outcome, masked);
+        let event = StatementEvent {
+            seq: 0,
+            protocol,
+            started_at: wall,
+            duration: started.elapsed(),
+            rows,
+            bytes: std::mem::take(&mut self.statement_bytes),
+            outcome,
+            masked,
+            note: t.note.clone(),
+            index,
+            would_refuse: t.would_refuse.clone(),
+            parameters: t.parameters.clone(),
+        };
+        if protocol == "execute" {
+            ops.pop_front();
+        }
+        drop(ops);
+        self.record(event);
     }
 
     fn on_error(&mut self, body: &[u8]) {
@@ -1340,7 +1477,10 @@ impl<'a> ServerPump<'a> {
         if matches!(fields.severity.as_str(), "FATAL" | "PANIC") {
             self.server_fatal = true;
         }
-        let failed = Outcome::Failed(fields.code);
+        let failed = Outcome::Failed {
+            code: fields.code,
+            message: fields.message,
+        };
         let mut ops = self.shared.ops();
         match ops.front() {
             Some(Op::Query(..) | Op::FunctionCall(_) | Op::Execute(..)) => {
@@ -1368,23 +1508,14 @@ impl<'a> ServerPump<'a> {
         }
     }
 
-    fn record(
-        &self,
-        rows: u64,
-        started: Instant,
-        protocol: &'static str,
-        outcome: Outcome,
-        masked: Vec<String>,
-    ) {
-        let seq = self.shared.statements.fetch_add(1, Ordering::Relaxed) + 1;
-        self.ctx.audit.statement(&StatementEvent {
-            seq,
-            protocol,
-            duration: started.elapsed(),
-            rows,
-            outcome,
-            masked,
-        });
+    /// Hands a statement's event to the audit trail; the batch that holds
+    /// its end waits for the record to be durable before it is written.
+    fn record(&mut self, mut event: StatementEvent) {
+        event.seq = self.shared.statements.fetch_add(1, Ordering::Relaxed) + 1;
+        let ctx = self.ctx;
+        if let Some(ticket) = ctx.audit.statement(ctx.session_id, ctx.identity, &event) {
+            self.ticket = Some(ticket);
+        }
     }
 }
 

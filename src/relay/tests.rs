@@ -91,11 +91,12 @@ fn start(policy: Policy, max_message: usize) -> Rig {
     let (server, relay_server) = tokio::io::duplex(1 << 16);
     let relay = tokio::spawn(async move {
         let identity = identity();
-        let audit = Audit;
+        let audit = Audit::log_only();
         let ctx = RelayContext {
             identity: &identity,
             policy: &policy,
             audit: &audit,
+            session_id: uuid::Uuid::now_v7(),
             max_message,
             initial_status: b'I',
             expires_at: None,

@@ -432,6 +432,8 @@ pub struct ErrorFields {
     pub severity: String,
     /// SQLSTATE (`C`).
     pub code: String,
+    /// Primary message (`M`). It may quote values: redact before keeping.
+    pub message: String,
 }
 
 /// Appends the ErrorResponse whose body is `body` without its fields of
@@ -469,6 +471,7 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, FrameError> {
             b'V' => fields.severity = value.into_owned(),
             b'S' if fields.severity.is_empty() => fields.severity = value.into_owned(),
             b'C' => fields.code = value.into_owned(),
+            b'M' => fields.message = value.into_owned(),
             _ => {}
         }
         rest = after;

@@ -40,6 +40,8 @@ pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
 pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
 /// 42501: refused by policy.
 pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
+/// 58030: pgveil cannot write its audit spool, and refuses statements.
+pub const IO_ERROR: SqlState = SqlState("58030");
 /// 53300: the gateway is at its connection limit.
 pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
 /// 57P01: the gateway is shutting down.
