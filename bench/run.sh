@@ -18,6 +18,9 @@
 #   BENCH_PYTHON     Python with psycopg 3 for the binary bulk read (default:
 #                    python3 if it has psycopg, else the integration suite's
 #                    target/test-python, else a venv made in the temp dir)
+#   AUDIT=1          the pgveil arm records every session and statement in
+#                    an audit archive; 0: no archive
+#   AUDIT_FSYNC=every_batch   the archive's fsync policy (or interval)
 #   PGVEIL_THREADS=1 pgveil's worker_threads (pgbouncer runs one thread;
 #                    on a small machine shared with PostgreSQL and pgbench,
 #                    one thread leaves the most CPU to the server)
@@ -43,6 +46,8 @@ fi
 SCALE=${SCALE:-10}
 PGVEIL_THREADS=${PGVEIL_THREADS:-1}
 POLICY=${POLICY:-1}
+AUDIT=${AUDIT:-1}
+AUDIT_FSYNC=${AUDIT_FSYNC:-every_batch}
 TARGETS=${TARGETS:-"direct pgbouncer pgveil pgveil-masked"}
 BULK_BINARY=${BULK_BINARY:-1}
 
@@ -54,6 +59,9 @@ is_uint "$DURATION" && (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION m
 is_uint "$ROUNDS" && (( ROUNDS >= 1 && ROUNDS <= 50 )) || die "ROUNDS must be 1..50"
 is_uint "$BULK_REPS" && (( BULK_REPS >= 1 && BULK_REPS <= 20 )) || die "BULK_REPS must be 1..20"
 [[ "$POLICY" == 0 || "$POLICY" == 1 ]] || die "POLICY must be 0 or 1"
+[[ "$AUDIT" == 0 || "$AUDIT" == 1 ]] || die "AUDIT must be 0 or 1"
+[[ "$AUDIT_FSYNC" == every_batch || "$AUDIT_FSYNC" == interval ]] \
+    || die "AUDIT_FSYNC must be every_batch or interval"
 is_uint "$PGVEIL_THREADS" && (( PGVEIL_THREADS >= 1 && PGVEIL_THREADS <= 1024 )) || die "PGVEIL_THREADS must be 1..1024"
 is_uint "$SCALE" && (( SCALE >= 1 && SCALE <= 1000 )) || die "SCALE must be 1..1000"
 [[ "$BULK_BINARY" == 0 || "$BULK_BINARY" == 1 ]] || die "BULK_BINARY must be 0 or 1"
@@ -425,6 +433,12 @@ action = "refuse"
 EOF
         printf '\n[policy]\nrules_dir = "%s"\n' "$TMP/policy-rules" >>"$TMP/pgveil.toml"
     fi
+    if [[ "$AUDIT" != 0 ]]; then
+        # The archive on: every statement's record is in the spool (and,
+        # with every_batch, fdatasync'ed) before the client sees its result.
+        printf '\n[audit]\ndir = "%s"\ninstance = "bench"\nfsync = "%s"\n' \
+            "$TMP/audit" "$AUDIT_FSYNC" >>"$TMP/pgveil.toml"
+    fi
     log "starting pgveil on 127.0.0.1:$VPORT ($PGVEIL_BIN)"
     export PGVEIL_SERVER_PASSWORD="$PASSWORD" RUST_LOG="${RUST_LOG:-warn}"
     start_bg pgveil TERM 0 "$TMP/pgveil.log" "$PGVEIL_BIN" serve --config "$TMP/pgveil.toml"
@@ -650,6 +664,44 @@ for (( r = 1; r <= ROUNDS; r++ )); do
     done
 done
 
+# ------------------------------------------------------------- archive size
+# Stops the pgveil arm (which closes and compacts its spool) and measures the
+# Parquet bytes per statement row, counted with DuckDB when a Python that
+# has it is at hand (the integration suite's venv has it).
+ARCHIVE_LINE=""
+archive_size() {
+    local i pid n bytes rows="" py=""
+    for (( i = 0; i < ${#PIDS[@]}; i++ )); do
+        [[ "${NAMES[$i]}" == pgveil ]] || continue
+        pid=${PIDS[$i]}
+        kill -TERM "$pid" 2>/dev/null || true
+        for (( n = 0; n < 300; n++ )); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    done
+    bytes=$(find "$TMP/audit/archive/statements" -name '*.parquet' -printf '%s\n' 2>/dev/null \
+        | awk '{ s += $1 } END { print s + 0 }')
+    for py in "${BENCH_PYTHON:-}" python3 "$REPO_ROOT/target/test-python/bin/python"; do
+        [[ -n "$py" ]] && "$py" -c 'import duckdb' 2>/dev/null && break
+        py=""
+    done
+    if [[ -n "$py" ]]; then
+        rows=$("$py" -c 'import duckdb, sys; print(duckdb.connect().execute(
+            "SELECT count(*) FROM read_parquet(?)", [sys.argv[1]]).fetchall()[0][0])' \
+            "$TMP/audit/archive/statements/*/*.parquet" 2>/dev/null || true)
+    fi
+    if [[ -n "$rows" && "$rows" -gt 0 ]]; then
+        ARCHIVE_LINE=$(awk -v b="$bytes" -v r="$rows" \
+            'BEGIN { printf "audit archive: %d statement rows in %d Parquet bytes, %.1f bytes per statement", r, b, b / r }')
+    else
+        ARCHIVE_LINE="audit archive: $bytes Parquet bytes of statements (no DuckDB found to count rows)"
+    fi
+}
+if want pgveil && [[ "$AUDIT" != 0 ]]; then
+    archive_size
+fi
+
 # ------------------------------------------------------------------ report
 median() {
     tr ' ' '\n' | awk 'NF' | sort -g | awk '
@@ -681,7 +733,7 @@ REPORT="$TMP/report.txt"
 {
     echo "pgveil benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit"
     echo "machine: $(nproc) cores; $pg_version; ${bouncer_version:-pgbouncer n/a}; ${veil_version:-pgveil n/a}"
-    echo "targets: ${BULK_ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE pgveil_threads=$PGVEIL_THREADS policy=$POLICY; medians"
+    echo "targets: ${BULK_ARMS[*]}; rounds=$ROUNDS duration=${DURATION}s bulk_reps=$BULK_REPS scale=$SCALE pgveil_threads=$PGVEIL_THREADS policy=$POLICY audit=$AUDIT ($AUDIT_FSYNC); medians"
     echo "pgbench rows: TPS (pgbench -S -n -M mode -c N -j M); bulk rows: rows/s (text: psql -A -t, output to /dev/null;"
     echo "  binary: psycopg binary cursor, result received by libpq and dropped)"
     echo "pgveil masked: a second pgveil masking email (hash), name (partial) and ssn (redact) of bulk_people; bulk rows only"
@@ -720,6 +772,10 @@ REPORT="$TMP/report.txt"
     if [[ -n "$BINARY_SKIP" ]]; then
         echo
         echo "binary bulk read not run: $BINARY_SKIP"
+    fi
+    if [[ -n "$ARCHIVE_LINE" ]]; then
+        echo
+        echo "$ARCHIVE_LINE"
     fi
     if (( FAILURES > 0 )); then
         echo

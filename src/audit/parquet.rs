@@ -634,6 +634,15 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_both_tables_as_they_are() {
+        let readme = include_str!("../../README.md");
+        let md = schema_markdown();
+        if !readme.contains(&md) {
+            panic!("README.md must hold the archive schema exactly as:\n{md}");
+        }
+    }
+
+    #[test]
     fn record_fields_match_the_columns() {
         // A record's serde fields and the table's columns name the same
         // things, so that a field added to one is not forgotten in the other.
