@@ -39,31 +39,20 @@ const DUCKDB_TIMEOUT: Duration = Duration::from_secs(120);
 /// A gateway with masking, policy and the archive in `dir`; trust users
 /// ana (analysts, masked) and dora (dba); mallory has no role.
 fn audit_gateway(ctx: &Ctx, dir: &Path, audit_extra: &str) -> (Pgveil, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let extra = format!(
+    let auth = format!(
         "trust_groups = {{ ana = [\"analysts\"], dora = [\"dba\"], mallory = [\"visitors\"] }}\n\n\
          [[roles]]\ngroup = \"analysts\"\nrole = \"{SCRAM_ROLE}\"\npassword_env = \"{PASSWORD_ENV}\"\n\n\
-         [[roles]]\ngroup = \"dba\"\nrole = \"{SCRAM_ROLE}\"\npassword_env = \"{PASSWORD_ENV}\"\n\n\
-         [masking]\nrules_dir = \"{}\"\n\n\
+         [[roles]]\ngroup = \"dba\"\nrole = \"{SCRAM_ROLE}\"\npassword_env = \"{PASSWORD_ENV}\""
+    );
+    let tables = format!(
+        "[masking]\nrules_dir = \"{}\"\n\n\
          [policy]\nrules_dir = \"{}\"\n\n\
          [audit]\ndir = \"{}\"\ninstance = \"it-gw\"\n{audit_extra}\n",
         repo().join("masking-rules").display(),
         repo().join("testdata/policy-rules").display(),
         dir.display(),
     );
-    let config = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "tls = \"disable\"", &extra);
-    let gateway = Pgveil::start(
-        &bin(),
-        &config,
-        addr,
-        &[
-            (PASSWORD_ENV, ctx.pg.password(SCRAM_ROLE)),
-            ("PGVEIL_MASK_KEY", crate::masking::MASK_KEY),
-        ],
-    );
-    (gateway, addr)
+    crate::masking::gateway_with(ctx, &auth, &tables)
 }
 
 fn config(addr: SocketAddr, user: &str) -> String {

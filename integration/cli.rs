@@ -47,6 +47,9 @@ async fn check_logs_in_and_reports(ctx: Arc<Ctx>) {
         .expect("address");
     let config = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "tls = \"require\"", "");
     let (dir, path) = write_config(&config);
+    let archive = dir.join("archive-check");
+    let config = format!("{config}\n[audit]\ndir = \"{}\"\n", archive.display());
+    std::fs::write(&path, config).expect("write config");
     let password = ctx.pg.password(SCRAM_ROLE).to_owned();
     let path_s = path.display().to_string();
     let (good, bad, unset) = blocking(move || {
@@ -68,6 +71,12 @@ async fn check_logs_in_and_reports(ctx: Arc<Ctx>) {
     );
     assert!(good.1.contains("server version 15"), "{}", good.1);
     assert!(good.1.contains("TLSv1_3"), "{}", good.1);
+    assert!(
+        good.1
+            .contains(&format!("audit archive {}: writable", archive.display())),
+        "{}",
+        good.1
+    );
     assert!(!bad.0, "a wrong password must fail the check");
     assert!(bad.1.contains("28P01"), "{}", bad.1);
     assert!(
@@ -96,6 +105,10 @@ async fn bad_configuration_names_key_and_file(ctx: Arc<Ctx>) {
             "kerberos",
         ),
         ("listen = [\n".to_owned(), "TOML"),
+        (
+            format!("{good}\n[audit]\ndir = \"/tmp\"\nfile_max_age = \"2h\"\n"),
+            "audit.file_max_age",
+        ),
     ];
     for (text, needle) in cases {
         let (dir, path) = write_config(&text);

@@ -17,7 +17,7 @@ use crate::raw::{self, Raw};
 use crate::{bin, blocking, gateway_toml, repo, Ctx, DB, PASSWORD_ENV};
 
 /// The HMAC key of the `hash` rule in the shipped rules.
-pub const MASK_KEY: &str = "integration-test-mask-key-0123456789";
+const MASK_KEY: &str = "integration-test-mask-key-0123456789";
 /// Rows the checks read.
 const ROWS: i32 = 200;
 

@@ -24,6 +24,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         }
     );
     println!("  auth method: {:?}", config.auth.method);
+    let mut problems_before = 0;
     let database = config
         .server
         .databases
@@ -31,8 +32,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .next()
         .cloned()
         .unwrap_or_else(|| "postgres".to_owned());
+    if let Some(audit) = &config.audit {
+        problems_before += check_archive(audit);
+    }
     let gateway = Gateway::new(config, path)?;
-    let mut problems = 0;
+    let mut problems = problems_before;
     for issuer in gateway.auth().verifier().issuers() {
         match issuer.refresh().await {
             Ok(keys) => println!("issuer {}: {keys} signing key(s)", issuer.url()),
@@ -101,6 +105,35 @@ async fn lint_rules(gateway: &Gateway, masking: &crate::mask::Masking, database:
         println!("  every rule matches the schema of database {database}");
     }
     findings.len()
+}
+
+/// Checks that the archive's folders can be created and written; returns
+/// the number of problems. (The object store is not contacted.)
+fn check_archive(audit: &crate::config::AuditConfig) -> usize {
+    let probe = audit.dir.join("spool").join(".pgveil-check");
+    let written = std::fs::create_dir_all(audit.dir.join("spool"))
+        .and_then(|()| std::fs::create_dir_all(audit.dir.join("archive")))
+        .and_then(|()| std::fs::write(&probe, b"check"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match written {
+        Ok(()) => {
+            println!(
+                "audit archive {}: writable (instance {}, fsync {:?}{})",
+                audit.dir.display(),
+                audit.instance,
+                audit.fsync,
+                audit.s3.as_ref().map_or(String::new(), |s3| format!(
+                    ", upload to bucket {}",
+                    s3.bucket
+                )),
+            );
+            0
+        }
+        Err(e) => {
+            println!("audit archive {}: FAILED: {e}", audit.dir.display());
+            1
+        }
+    }
 }
 
 /// Finds `server_version` among the login's ParameterStatus messages.

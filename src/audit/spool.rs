@@ -245,6 +245,9 @@ struct Progress {
 
 enum Msg {
     Entry(u64, Box<Entry>),
+    /// An inline write left work for the thread (a sync or a segment's age
+    /// to watch): compute the next wake-up again.
+    Wake,
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -256,6 +259,19 @@ struct Submitter {
 struct Shared {
     submitter: Mutex<Submitter>,
     progress: watch::Sender<Progress>,
+    /// The writer's state. With `fsync = "interval"` submitters append
+    /// their entry themselves, under this lock, so that a statement does
+    /// not wait for the thread to wake; the thread then only syncs, closes
+    /// segments by age and retries after failures.
+    writer: Mutex<Writer>,
+    /// Whether submitters write inline (`fsync = "interval"`).
+    inline: bool,
+}
+
+/// Locks `m`, recovering from a poisoned lock (every critical section
+/// leaves the state consistent between IO calls).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Submits entries to the spool; cheap to clone and share between
@@ -289,26 +305,35 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl AuditHandle {
-    /// Queues `entry` for the writer. Never blocks on IO.
+    /// Queues `entry` for the writer. With `fsync = "every_batch"` it never
+    /// blocks on IO; with `interval` it appends the entry itself (one
+    /// `write` to the page cache) unless the spool is failing.
     pub fn submit(&self, entry: Entry) -> Ticket {
-        let mut submitter = match self.shared.submitter.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut submitter = lock(&self.shared.submitter);
         submitter.last_seq += 1;
         let seq = submitter.last_seq;
-        let sent = submitter
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(Msg::Entry(seq, Box::new(entry))).is_ok());
-        if !sent {
-            // The writer is gone: the ticket will say so.
-            self.shared.progress.send_modify(|p| p.closed = true);
-        }
-        Ticket {
+        let ticket = Ticket {
             shared: self.shared.clone(),
             seq,
+        };
+        let Some(tx) = submitter.tx.as_ref() else {
+            // The writer is gone: the ticket will say so.
+            self.shared.progress.send_modify(|p| p.closed = true);
+            return ticket;
+        };
+        if !self.shared.inline {
+            if tx.send(Msg::Entry(seq, Box::new(entry))).is_err() {
+                self.shared.progress.send_modify(|p| p.closed = true);
+            }
+            return ticket;
         }
+        let mut writer = lock(&self.shared.writer);
+        writer.enqueue(seq, entry);
+        if writer.step_inline() {
+            // Ignored if the thread is gone: shutdown is under way.
+            let _ = tx.send(Msg::Wake);
+        }
+        ticket
     }
 
     /// False while the spool cannot be written or after shutdown: a caller
@@ -366,18 +391,12 @@ impl SpoolWriter {
         closed: tokio::sync::mpsc::UnboundedSender<ClosedSegment>,
     ) -> Result<(Self, AuditHandle), AuditError> {
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            submitter: Mutex::new(Submitter {
-                last_seq: 0,
-                tx: Some(tx),
-            }),
-            progress: watch::Sender::new(Progress::default()),
-        });
+        let progress = watch::Sender::new(Progress::default());
+        let inline = options.fsync == FsyncPolicy::Interval;
         let writer = Writer {
             options,
-            rx,
-            shared: shared.clone(),
-            closed,
+            progress: progress.clone(),
+            closed: Some(closed),
             segment: None,
             handover: Vec::new(),
             open: HashMap::new(),
@@ -388,9 +407,19 @@ impl SpoolWriter {
             written_upto: 0,
             last_sync: Instant::now(),
         };
+        let shared = Arc::new(Shared {
+            submitter: Mutex::new(Submitter {
+                last_seq: 0,
+                tx: Some(tx),
+            }),
+            progress,
+            writer: Mutex::new(writer),
+            inline,
+        });
+        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("pgveil-audit-spool".into())
-            .spawn(move || writer.run())
+            .spawn(move || run(&thread_shared, &rx))
             .map_err(|e| AuditError::io("starting the spool writer", Path::new("."), e))?;
         let handle = AuditHandle {
             shared: shared.clone(),
@@ -447,9 +476,10 @@ struct Retry {
 
 struct Writer {
     options: SpoolOptions,
-    rx: mpsc::Receiver<Msg>,
-    shared: Arc<Shared>,
-    closed: tokio::sync::mpsc::UnboundedSender<ClosedSegment>,
+    progress: watch::Sender<Progress>,
+    /// Where closed segments go; dropped at shutdown, which tells the
+    /// compactor that no more will come.
+    closed: Option<tokio::sync::mpsc::UnboundedSender<ClosedSegment>>,
     segment: Option<Segment>,
     /// Closed segments waiting until their open sessions are carried.
     handover: Vec<PathBuf>,
@@ -463,41 +493,51 @@ struct Writer {
     last_sync: Instant,
 }
 
-impl Writer {
-    fn run(mut self) {
-        let reply = loop {
-            let mut shutdown = None;
-            match self.rx.recv_timeout(self.next_wakeup()) {
-                Ok(msg) => self.take(msg, &mut shutdown),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break None,
-            }
-            while let Ok(msg) = self.rx.try_recv() {
-                self.take(msg, &mut shutdown);
-            }
-            if shutdown.is_some() {
-                break shutdown;
-            }
-            self.step();
+/// The writer thread: takes queued entries (and wake-ups), writes and
+/// syncs them, closes segments, until shutdown.
+fn run(shared: &Shared, rx: &mpsc::Receiver<Msg>) {
+    let reply = loop {
+        let mut shutdown = None;
+        let wakeup = lock(&shared.writer).next_wakeup();
+        let first = match rx.recv_timeout(wakeup) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break None,
         };
-        self.finish();
-        self.shared.progress.send_modify(|p| p.closed = true);
-        if let Some(reply) = reply {
-            let _ = reply.send(());
-        }
-    }
-
-    fn take(&mut self, msg: Msg, shutdown: &mut Option<tokio::sync::oneshot::Sender<()>>) {
-        match msg {
-            Msg::Entry(seq, entry) => {
-                if self.pending.len() >= MAX_PENDING_ENTRIES {
-                    self.pending.remove(0);
-                    self.dropped += 1;
-                }
-                self.pending.push((seq, *entry));
+        let mut writer = lock(&shared.writer);
+        for msg in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            match msg {
+                Msg::Entry(seq, entry) => writer.enqueue(seq, *entry),
+                Msg::Wake => {}
+                Msg::Shutdown(reply) => shutdown = Some(reply),
             }
-            Msg::Shutdown(reply) => *shutdown = Some(reply),
         }
+        if shutdown.is_some() {
+            break shutdown;
+        }
+        writer.step();
+    };
+    let mut writer = lock(&shared.writer);
+    writer.finish();
+    writer.closed = None;
+    writer.progress.send_modify(|p| p.closed = true);
+    if let Some(reply) = reply {
+        let _ = reply.send(());
+    }
+}
+
+impl Writer {
+    /// Adds an entry to the next write; beyond [`MAX_PENDING_ENTRIES`]
+    /// (while failing) the oldest is dropped.
+    fn enqueue(&mut self, seq: u64, entry: Entry) {
+        if self.pending.len() >= MAX_PENDING_ENTRIES {
+            self.pending.remove(0);
+            self.dropped += 1;
+        }
+        self.pending.push((seq, entry));
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -515,6 +555,7 @@ impl Writer {
         wake.saturating_duration_since(now)
     }
 
+    /// The thread's turn: writes what is pending, syncs and rotates as due.
     fn step(&mut self) {
         let due = self.retry.as_ref().is_none_or(|r| Instant::now() >= r.at);
         if !due {
@@ -526,6 +567,30 @@ impl Writer {
             Ok(()) => self.succeeded(),
             Err(e) => self.failed(e),
         }
+    }
+
+    /// A submitter's turn (`fsync = "interval"`): only the write; syncs,
+    /// rotation and retries stay with the thread. Returns whether the
+    /// thread has work it did not know of when it went to sleep (data to
+    /// sync, a new segment's age to watch, a full segment, a failure).
+    fn step_inline(&mut self) -> bool {
+        if self.retry.is_some() {
+            // Failing: the thread retries with backoff.
+            return false;
+        }
+        let was_synced = self.synced_upto >= self.written_upto;
+        let had_segment = self.segment.is_some();
+        if let Err(e) = self.write_pending() {
+            self.failed(e);
+            return true;
+        }
+        self.succeeded();
+        let full = self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.rows >= self.options.max_rows || s.len >= self.options.max_bytes);
+        full || (was_synced && self.synced_upto < self.written_upto)
+            || (!had_segment && self.segment.is_some())
     }
 
     fn succeeded(&mut self) {
@@ -543,7 +608,7 @@ impl Writer {
             FsyncPolicy::EveryBatch => self.synced_upto,
             FsyncPolicy::Interval => self.written_upto,
         };
-        self.shared.progress.send_if_modified(|p| {
+        self.progress.send_if_modified(|p| {
             let changed = p.durable != durable || p.failing;
             p.durable = durable;
             p.failing = false;
@@ -566,8 +631,7 @@ impl Writer {
             at: Instant::now() + delay,
             delay,
         });
-        self.shared
-            .progress
+        self.progress
             .send_if_modified(|p| !std::mem::replace(&mut p.failing, true));
     }
 
@@ -686,7 +750,11 @@ impl Writer {
         let count = self.handover.len();
         for (i, path) in self.handover.drain(..).enumerate() {
             let finish = if i + 1 == count { finish } else { None };
-            if self.closed.send(ClosedSegment { path, finish }).is_err() {
+            let sent = self
+                .closed
+                .as_ref()
+                .map(|tx| tx.send(ClosedSegment { path, finish }));
+            if !matches!(sent, Some(Ok(()))) {
                 tracing::warn!("audit compactor gone; segment left for recovery");
             }
         }
