@@ -20,7 +20,7 @@
 #                    target/test-python, else a venv made in the temp dir)
 #   AUDIT=1          the pgveil arm records every session and statement in
 #                    an audit archive; 0: no archive
-#   AUDIT_FSYNC=every_batch   the archive's fsync policy (or interval)
+#   AUDIT_FSYNC=interval   the archive's fsync policy (or every_batch)
 #   PGVEIL_THREADS=1 pgveil's worker_threads (pgbouncer runs one thread;
 #                    on a small machine shared with PostgreSQL and pgbench,
 #                    one thread leaves the most CPU to the server)
@@ -47,7 +47,7 @@ SCALE=${SCALE:-10}
 PGVEIL_THREADS=${PGVEIL_THREADS:-1}
 POLICY=${POLICY:-1}
 AUDIT=${AUDIT:-1}
-AUDIT_FSYNC=${AUDIT_FSYNC:-every_batch}
+AUDIT_FSYNC=${AUDIT_FSYNC:-interval}
 TARGETS=${TARGETS:-"direct pgbouncer pgveil pgveil-masked"}
 BULK_BINARY=${BULK_BINARY:-1}
 

@@ -366,7 +366,7 @@ async fn archive_survives_sigkill_during_pgbench(ctx: Arc<Ctx>) {
         .parse()
         .expect("address");
     let audit = format!(
-        "[audit]\ndir = \"{}\"\ninstance = \"crash-gw\"\nfsync = \"every_batch\"\n",
+        "[audit]\ndir = \"{}\"\ninstance = \"crash-gw\"\n",
         dir.display()
     );
     let toml = gateway_toml(addr, ctx.pg.port(), SCRAM_ROLE, "tls = \"disable\"", &audit);
@@ -439,8 +439,9 @@ fn finish(mut child: Child) -> String {
 
 async fn unwritable_spool_refuses_statements(ctx: Arc<Ctx>) {
     let dir = unique_temp_dir("pgveil-it-audit-full");
-    // One row per segment: every statement opens a new spool file.
-    let (gateway, addr) = audit_gateway(&ctx, &dir, "file_max_rows = 1\n");
+    // One row per segment: every statement opens a new spool file; the
+    // writer thread's path (every_batch) is the one under test.
+    let (gateway, addr) = audit_gateway(&ctx, &dir, "file_max_rows = 1\nfsync = \"every_batch\"\n");
     let dora = connect(addr, "dora").await;
     dora.simple_query("SELECT 1").await.expect("recorded");
 

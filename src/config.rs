@@ -131,7 +131,7 @@ pub struct AuditConfig {
     /// digits, `.`, `_`, `-`); default: the host name, else a random id.
     #[serde(default = "default_instance")]
     pub instance: String,
-    /// When spool writes are synced to disk; default `every_batch`.
+    /// When spool writes are synced to disk; default `interval`.
     #[serde(default)]
     pub fsync: FsyncPolicy,
     /// With `fsync = "interval"`: longest time between syncs; default 100ms.
@@ -196,11 +196,13 @@ pub struct S3Config {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
-    /// fdatasync after each batch, before its entries are acknowledged.
-    #[default]
+    /// fdatasync after each batch, before its entries are acknowledged:
+    /// survives power loss, at the cost of a sync per batch.
     EveryBatch,
-    /// Acknowledge after the write; fdatasync at most every
-    /// `fsync_interval` (an OS crash may lose that much).
+    /// Acknowledge after the write (the record is in the kernel, which a
+    /// crash of pgveil cannot lose); fdatasync at most every
+    /// `fsync_interval` (power loss or a kernel crash may lose that much).
+    #[default]
     Interval,
 }
 
@@ -769,7 +771,7 @@ method = "trust"
     fn audit_table_gets_defaults_and_checks_keys() {
         let text = format!("{MINIMAL}\n[audit]\ndir = \"/var/lib/pgveil\"\n");
         let audit = parse(&text).unwrap().audit.unwrap();
-        assert_eq!(audit.fsync, FsyncPolicy::EveryBatch);
+        assert_eq!(audit.fsync, FsyncPolicy::Interval);
         assert_eq!(audit.file_max_age, DEFAULT_AUDIT_FILE_MAX_AGE);
         assert_eq!(audit.on_failure, AuditFailure::Refuse);
         assert!(

@@ -1,10 +1,13 @@
-//! The durable local spool: append-only segment files written by one
-//! thread.
+//! The durable local spool: append-only segment files.
 //!
-//! Sessions submit [`Entry`]s through a cheap [`AuditHandle`]; the writer
-//! thread drains everything queued, appends it with a single `write`, then
-//! syncs as the fsync policy says and publishes the highest durable sequence
-//! number on a `watch` channel, which every [`Ticket`] waits on.
+//! Sessions submit [`Entry`]s through a cheap [`AuditHandle`]. With
+//! `fsync = "every_batch"` the writer thread drains everything queued,
+//! appends it with a single `write` and an `fdatasync` (group commit), and
+//! publishes the highest durable sequence number on a `watch` channel,
+//! which every [`Ticket`] waits on. With `fsync = "interval"` a submitter
+//! appends its own entry under the writer's lock (one `write` to the page
+//! cache, no thread hand-over), and the thread only syncs within the
+//! interval, closes segments and retries after failures.
 //!
 //! A segment is `MAGIC` followed by frames: a little-endian `u32` length, a
 //! little-endian `u32` CRC32 of the payload, and the payload (one entry as

@@ -36,8 +36,9 @@ pub use super::spool::Ticket;
 /// The rule name that refusals for an unwritable spool carry.
 pub const SPOOL_RULE: &str = "audit:spool";
 
-/// How a statement ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a statement ended. `Debug` leaves out the server's error message,
+/// which may quote values.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// CommandComplete with the command's first word (e.g. `SELECT`).
     Complete(String),
@@ -54,6 +55,21 @@ pub enum Outcome {
     },
     /// Refused by policy or masking, with the rule's name.
     Refused(String),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Complete(word) => f.debug_tuple("Complete").field(word).finish(),
+            Self::Empty => f.write_str("Empty"),
+            Self::Suspended => f.write_str("Suspended"),
+            Self::Failed { code, .. } => f
+                .debug_struct("Failed")
+                .field("code", code)
+                .finish_non_exhaustive(),
+            Self::Refused(rule) => f.debug_tuple("Refused").field(rule).finish(),
+        }
+    }
 }
 
 /// One statement's record, as the relay reports it.
@@ -360,12 +376,13 @@ impl Attempt<'_> {
         self.counted = false;
     }
 
-    /// The attempt was refused for `reason` (never a token or password).
+    /// The attempt was refused for `reason` (never a token or password),
+    /// possibly after the server login (a catalog masking needs could not
+    /// be read, say).
     pub fn refused(&mut self, reason: &str) {
-        if self.record.outcome == SessionOutcome::Refused {
-            self.record.refusal_reason = Some(reason.to_owned());
-            self.record.end_reason = "refused".into();
-        }
+        self.record.outcome = SessionOutcome::Refused;
+        self.record.refusal_reason = Some(reason.to_owned());
+        self.record.end_reason = "refused".into();
     }
 
     /// The session is established: written as opened at once, so that a
@@ -424,5 +441,68 @@ impl Drop for Attempt<'_> {
             self.record.end_reason = "gateway_error".into();
         }
         drop(archive.submit(Entry::SessionClosed(self.record.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(outcome: Outcome, masked: &[&str], would_refuse: Option<&str>) -> StatementEvent {
+        StatementEvent {
+            seq: 1,
+            protocol: "query",
+            started_at: SystemTime::now(),
+            duration: Duration::from_micros(5),
+            rows: 0,
+            bytes: 0,
+            outcome,
+            masked: masked.iter().map(|m| (*m).to_owned()).collect(),
+            note: None,
+            index: 0,
+            would_refuse: would_refuse.map(str::to_owned),
+            parameters: None,
+        }
+    }
+
+    #[test]
+    fn decision_and_rules_follow_the_event() {
+        let done = || Outcome::Complete("SELECT".into());
+        let refused = event(Outcome::Refused("no-dml".into()), &[], None);
+        assert_eq!(refused.decision(), Decision::Refused);
+        assert_eq!(refused.rules(), vec!["no-dml"]);
+        let masked = event(done(), &["email(pii)", "phone(pii)", "ssn(ids)"], None);
+        assert_eq!(masked.decision(), Decision::Masked);
+        assert_eq!(masked.rules(), vec!["pii", "ids"]);
+        let dry = event(done(), &["email(pii)"], Some("no-dml"));
+        assert_eq!(dry.decision(), Decision::WouldRefuse);
+        assert_eq!(dry.rules(), vec!["no-dml", "pii"]);
+        assert_eq!(event(done(), &[], None).decision(), Decision::Allowed);
+    }
+
+    #[test]
+    fn debug_leaves_out_error_messages() {
+        let failed = Outcome::Failed {
+            code: "22P02".into(),
+            message: "invalid input syntax for type integer: \"secret-77\"".into(),
+        };
+        let shown = format!("{:?}", event(failed, &[], None));
+        assert!(
+            shown.contains("22P02") && !shown.contains("secret-77"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn relations_are_named_once_with_their_schema() {
+        let analysis = crate::policy::analyze::analyze(
+            "INSERT INTO audit.copy SELECT * FROM public.t JOIN t AS u USING (id)",
+            &crate::mask::catalog::Catalog::default(),
+        )
+        .expect("parses");
+        let names = relations(&analysis[0]);
+        assert!(names.contains(&"audit.copy".to_owned()), "{names:?}");
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
     }
 }
