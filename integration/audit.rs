@@ -474,6 +474,14 @@ async fn unwritable_spool_refuses_statements(ctx: Arc<Ctx>) {
             .is_some_and(|m| m.contains("audit spool")),
         "the message says why: {message:?}"
     );
+    let hint = refusal
+        .as_db_error()
+        .and_then(|e| e.hint().map(str::to_owned));
+    assert!(
+        hint.as_deref()
+            .is_some_and(|h| h.starts_with("Retry later")),
+        "{hint:?}"
+    );
     assert!(gateway.log_text().contains("spool"), "logged loudly");
 
     // The disk comes back: statements run again.

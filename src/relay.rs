@@ -547,7 +547,12 @@ impl<'a> ClientPump<'a> {
                 tracker.parameters = parameters;
                 Op::Execute(tracker, portal)
             }
-            tag::CLOSE => Op::Close,
+            tag::CLOSE => {
+                if self.ctx.audit.archiving() {
+                    self.forget_note(body)?;
+                }
+                Op::Close
+            }
             tag::FUNCTION_CALL => Op::FunctionCall(Tracker::now()),
             tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 return Ok(Route::Forward)
@@ -562,6 +567,17 @@ impl<'a> ClientPump<'a> {
         };
         self.ops.push(op);
         Ok(Route::Forward)
+    }
+
+    /// Drops the archive's note of the statement or portal a Close names.
+    fn forget_note(&mut self, body: &[u8]) -> Result<(), String> {
+        let (&kind, rest) = body.split_first().ok_or("malformed Close message")?;
+        let name = cstr_field(rest, "Close")?;
+        match kind {
+            b'S' => drop(self.notes.remove(name)),
+            _ => drop(self.portal_notes.remove(name)),
+        }
+        Ok(())
     }
 
     /// Queues a Bind. With masking, it notes the portal's statement and
@@ -719,12 +735,18 @@ fn raise_statement(refusal: &Refusal) -> String {
     // from which every `$` is removed.
     let clean = |s: &str| s.replace('$', "");
     let message = format!("pgveil policy \"{}\": {}", refusal.rule, refusal.message);
+    // A rule's refusal is about access; pgveil's own conditions pass.
+    let hint = if refusal.code == sqlstate::INSUFFICIENT_PRIVILEGE {
+        REFUSAL_HINT
+    } else {
+        "Retry later; the gateway's operator can see the cause in its log."
+    };
     format!(
         "DO $pgveil$ BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = $m${}$m$, \
          HINT = $h${}$h$; END $pgveil$",
         refusal.code,
         clean(&message),
-        REFUSAL_HINT
+        hint
     )
 }
 

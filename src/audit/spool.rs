@@ -572,10 +572,11 @@ impl Writer {
         }
     }
 
-    /// A submitter's turn (`fsync = "interval"`): only the write; syncs,
-    /// rotation and retries stay with the thread. Returns whether the
-    /// thread has work it did not know of when it went to sleep (data to
-    /// sync, a new segment's age to watch, a full segment, a failure).
+    /// A submitter's turn (`fsync = "interval"`): the write, and closing
+    /// the segment when it is full; timed syncs, closing by age and retries
+    /// stay with the thread. Returns whether the thread has work it did not
+    /// know of when it went to sleep (data to sync, a new segment's age to
+    /// watch, a failure).
     fn step_inline(&mut self) -> bool {
         if self.retry.is_some() {
             // Failing: the thread retries with backoff.
@@ -587,12 +588,20 @@ impl Writer {
             self.failed(e);
             return true;
         }
-        self.succeeded();
         let full = self
             .segment
             .as_ref()
             .is_some_and(|s| s.rows >= self.options.max_rows || s.len >= self.options.max_bytes);
-        full || (was_synced && self.synced_upto < self.written_upto)
+        if full {
+            // Rare (once per file_max_rows or file_max_bytes): close the
+            // segment here, so that the limits hold exactly.
+            if let Err(e) = self.rotate_if_due() {
+                self.failed(e);
+                return true;
+            }
+        }
+        self.succeeded();
+        (was_synced && self.synced_upto < self.written_upto)
             || (!had_segment && self.segment.is_some())
     }
 

@@ -193,7 +193,9 @@ impl Audit {
     pub fn refusal(&self) -> Option<Refusal> {
         let archive = self.archive.as_ref()?;
         if archive.healthy() {
-            self.failure_logged.store(false, Ordering::Relaxed);
+            if self.failure_logged.load(Ordering::Relaxed) {
+                self.failure_logged.store(false, Ordering::Relaxed);
+            }
             return None;
         }
         if !self.failure_logged.swap(true, Ordering::Relaxed) {
