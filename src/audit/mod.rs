@@ -5,8 +5,9 @@
 //! and turns them into log lines (without statement text, parameters or row
 //! values) and archive records; [`note`] decides what of a statement's text
 //! may be kept. [`Archive`] is the durable archive: sessions
-//! submit [`Entry`]s through an [`AuditHandle`]; a writer thread appends them
-//! to a local spool ([`spool`]); closed spool segments are compacted into
+//! submit [`Entry`]s through an [`AuditHandle`], and they are appended to a
+//! local spool ([`spool`]) by the session itself or by a writer thread, as
+//! the fsync policy says; closed spool segments are compacted into
 //! Parquet files with Hive-style date partitions ([`parquet`]); published
 //! files are uploaded to an S3-compatible store when one is configured
 //! ([`upload`]).
