@@ -392,7 +392,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn check_card(text: &str, r: Range<usize>) -> Vec<Range<usize>> {

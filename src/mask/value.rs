@@ -1587,7 +1587,7 @@ fn parse_bytea(s: &str) -> Option<Vec<u8>> {
             .copied()
             .filter(|c| !c.is_ascii_whitespace())
             .collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return None;
         }
         return digits
