@@ -189,7 +189,6 @@ enum Op {
 #[derive(Debug)]
 struct Tracker {
     started: Instant,
-    wall: SystemTime,
     /// Its text as the archive may keep it (with the archive on).
     note: Option<Arc<Note>>,
     /// In dry-run mode, the rule that would have refused it.
@@ -206,7 +205,6 @@ impl Tracker {
     fn noted(note: Option<Arc<Note>>, would_refuse: Option<String>) -> Self {
         Self {
             started: Instant::now(),
-            wall: SystemTime::now(),
             note,
             would_refuse,
             parameters: None,
@@ -214,10 +212,8 @@ impl Tracker {
     }
 
     /// Starts the clock again for the next statement of a Query.
-    fn restart(&mut self) -> (Instant, SystemTime) {
-        let started = std::mem::replace(&mut self.started, Instant::now());
-        let wall = std::mem::replace(&mut self.wall, SystemTime::now());
-        (started, wall)
+    fn restart(&mut self) -> Instant {
+        std::mem::replace(&mut self.started, Instant::now())
     }
 }
 
@@ -1181,7 +1177,7 @@ impl<'a> ServerPump<'a> {
                 self.record(StatementEvent {
                     seq: 0,
                     protocol: if simple { "query" } else { "execute" },
-                    started_at: tracker.wall,
+                    started_at: started_at(tracker.started),
                     duration: tracker.started.elapsed(),
                     rows: 0,
                     bytes,
@@ -1456,13 +1452,13 @@ impl<'a> ServerPump<'a> {
     /// a Query goes on to its next statement or ReadyForQuery.
     fn end_statement(&mut self, outcome: Outcome, rows: u64) {
         let mut ops = self.shared.ops();
-        let (protocol, (started, wall), t, index) = match ops.front_mut() {
+        let (protocol, started, t, index) = match ops.front_mut() {
             Some(Op::Query(t, _, i)) => {
                 *i += 1;
                 ("query", t.restart(), &*t, *i - 1)
             }
-            Some(Op::Execute(t, _)) => ("execute", (t.started, t.wall), &*t, 0),
-            Some(Op::FunctionCall(t)) => ("function_call", (t.started, t.wall), &*t, 0),
+            Some(Op::Execute(t, _)) => ("execute", t.started, &*t, 0),
+            Some(Op::FunctionCall(t)) => ("function_call", t.started, &*t, 0),
             _ => {
                 drop(ops);
                 self.note_out_of_step();
@@ -1476,7 +1472,7 @@ impl<'a> ServerPump<'a> {
         let event = StatementEvent {
             seq: 0,
             protocol,
-            started_at: wall,
+            started_at: started_at(started),
             duration: started.elapsed(),
             rows,
             bytes: std::mem::take(&mut self.statement_bytes),
@@ -1560,6 +1556,12 @@ async fn send<W: AsyncWrite + Unpin>(
     let sent = out.len();
     out.clear();
     Ok(sent)
+}
+
+/// The wall-clock time of `started` (only the archive needs it, so it is
+/// derived when a statement is recorded rather than read for every one).
+fn started_at(started: Instant) -> SystemTime {
+    SystemTime::now() - started.elapsed()
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -79,11 +79,7 @@ impl Note {
 /// The short hex hash that names a redacted text.
 pub fn fingerprint_hash(redacted: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, redacted.as_bytes());
-    let mut hex = String::with_capacity(FINGERPRINT_HEX);
-    for b in &digest.as_ref()[..FINGERPRINT_HEX / 2] {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+    crate::mask::value::to_hex(&digest.as_ref()[..FINGERPRINT_HEX / 2])
 }
 
 fn mentions_password(sql: &str) -> bool {

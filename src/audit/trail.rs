@@ -27,6 +27,7 @@ use super::record::{
 use super::spool::AuditHandle;
 use crate::config::{AuditConfig, AuditFailure};
 use crate::policy::analyze::StatementInfo;
+use crate::policy::rules::display_rel;
 use crate::policy::Refusal;
 use crate::session::{Identity, SessionInfo};
 use crate::wire::sqlstate;
@@ -342,11 +343,7 @@ impl Audit {
 /// each.
 fn relations(info: &StatementInfo) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for rel in info.reads.iter().chain(&info.writes) {
-        let name = match &rel.schema {
-            Some(schema) => format!("{schema}.{}", rel.name),
-            None => rel.name.clone(),
-        };
+    for name in info.reads.iter().chain(&info.writes).map(display_rel) {
         if !names.contains(&name) {
             names.push(name);
         }

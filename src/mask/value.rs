@@ -642,7 +642,7 @@ fn hash_hex(key: &hmac::Key, tag: &str, s: &str, len: usize) -> Option<String> {
     None
 }
 
-fn to_hex(b: &[u8]) -> String {
+pub(crate) fn to_hex(b: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(b.len() * 2);
     for x in b {
