@@ -262,10 +262,7 @@ impl RuleSet {
 
     /// Parses one file's text into this set (rules stay unsorted).
     pub fn add_file(&mut self, path: &Path, text: &str) -> Result<(), RuleError> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| RuleError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let raw: RawFile = parse_rule_file(path, text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for r in raw.rule {
             let invalid = |problem: String| RuleError::Invalid {
@@ -341,6 +338,17 @@ impl RuleSet {
             .flat_map(|r| r.scope.groups())
             .chain(self.detects.iter().flat_map(|d| d.scope.groups()))
     }
+}
+
+/// A rule file's text as TOML of shape `T`; a syntax error names the file.
+pub fn parse_rule_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, RuleError> {
+    toml::from_str(text).map_err(|e| RuleError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
 }
 
 /// The `*.toml` files of a rule directory with their text, in file-name

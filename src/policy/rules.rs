@@ -99,10 +99,7 @@ impl PolicySet {
 
     /// Parses one file's text into this set.
     pub fn add_file(&mut self, path: &Path, text: &str) -> Result<(), RuleError> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| RuleError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let raw: RawFile = crate::mask::rules::parse_rule_file(path, text)?;
         for r in raw.policy {
             let name = r.name.clone();
             let invalid = |problem: String| RuleError::Invalid {
